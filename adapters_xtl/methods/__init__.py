@@ -1,0 +1,32 @@
+"""Task-module methods, registered by name (as peft's `register_peft_method`).
+
+A recipe says `method: lora` or `method: bottleneck`; nothing else in the code base needs to know
+which library implements it. Adding a method = one file that calls `register_method`.
+"""
+
+from __future__ import annotations
+
+from ..errors import XtlError, did_you_mean
+from .base import Method
+
+_METHODS: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> Method:
+    if method.name in _METHODS:
+        raise ValueError(f"method {method.name!r} is registered twice")
+    _METHODS[method.name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    if name not in _METHODS:
+        raise XtlError(f"unknown method {name!r}", where="method", fix=did_you_mean(name, _METHODS))
+    return _METHODS[name]
+
+
+def method_names() -> list[str]:
+    return sorted(_METHODS)
+
+
+from . import bottleneck, lora  # noqa: E402,F401  (registration side effect)

@@ -1,0 +1,209 @@
+"""One unit of work on a loaded backbone: train a task module (optionally on top of others),
+score it zero-shot, register it. The CLI, recipes and the grid runner all go through here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .backbone import Backbone
+from .data import load_examples
+from .errors import XtlError
+from .evaluate import append_results, evaluate, result_rows
+from .manifest import Manifest, library_versions
+from .methods import get_method
+from .methods.base import count_parameters
+from .model import TaskModel, attach_new, attach_saved, slot_name, split_weights
+from .registry import Registry
+from .tasks import TaskSpec, get_task
+from .train import TrainConfig, TrainResult, train
+
+
+@dataclass
+class TrainedModule:
+    manifest: Manifest
+    result: TrainResult
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    trainable_params: int = 0
+    total_params: int = 0
+
+
+def default_main_metric(spec: TaskSpec) -> str:
+    return spec.main_metric or {"classification": "accuracy", "retrieval": "accuracy", "tagging": "f1",
+                                 "span_qa": "f1", "multiple_choice": "accuracy"}[spec.format]
+
+
+def load_module_into(backbone: Backbone, registry: Registry, name: str, *, version: str | None = None,
+                     allow_backbone_mismatch: bool = False) -> tuple[Manifest, str, dict]:
+    """Put a registry module into the backbone under a fresh slot; return (manifest, slot, head weights)."""
+    man, tensors = registry.load(name, version, expect_backbone=backbone.fingerprint,
+                                 allow_backbone_mismatch=allow_backbone_mismatch)
+    slot = slot_name(f"{man.name}_v{man.version}")
+    module_w, head_w = split_weights(tensors)
+    method = get_method(man.method)
+    if any(method.key_marker(slot) in n for n, _ in backbone.model.named_parameters()):
+        return man, slot, head_w  # already loaded (the grid runner reuses it)
+    attach_saved(backbone, man.method, man.method_config, module_w, slot)
+    return man, slot, head_w
+
+
+def train_module(
+    backbone: Backbone,
+    task: str | TaskSpec,
+    *,
+    name: str,
+    method: str = "lora",
+    method_config: dict[str, Any] | None = None,
+    train_config: TrainConfig | None = None,
+    registry: Registry | None = None,
+    init_from: str | None = None,
+    eval_languages: list[str] | None = None,
+    eval_limit: int | None = None,
+    data_dir: Path | None = None,
+    results_path: Path | None = None,
+    checkpoint_dir: Path | None = None,
+    recipe_hash: str | None = None,
+    progress=None,
+    keep_loaded: bool = False,
+    extra_manifest: dict[str, Any] | None = None,
+) -> TrainedModule:
+    """Train one module on the task's English data, score it on every language, register it.
+
+    `init_from` names a registry module of the same method and config to start from (the
+    STILTs `continue` composition); its head is not reused.
+    """
+    spec = task if isinstance(task, TaskSpec) else get_task(task)
+    cfg = train_config or TrainConfig(**spec.defaults.get("train", {}))
+    m = get_method(method)
+    mcfg = m.make_config(method_config)
+    registry = registry or Registry()
+    if not model_format_trainable(spec):
+        raise XtlError(f"task {spec.name!r} ({spec.format}) has no training", where="task",
+                       fix="retrieval tasks evaluate a module directly: use `xtl eval`")
+    train_task = get_task(spec.train_task) if spec.train_task else spec
+
+    # data first: bad data fails before any weights move
+    train_ex = load_examples(train_task, "train", train_task.train_language, data_dir)
+    dev_split = "validation" if ("validation" in train_task.splits or train_task.id_split) else None
+    dev_ex = load_examples(train_task, dev_split, train_task.train_language, data_dir, limit=cfg.eval_examples) if dev_split else None
+
+    slot = slot_name(f"{name}_training")
+    method_obj = get_method(method)
+    method_obj.remove(backbone, slot)
+    attach_new(backbone, method, mcfg, slot)
+    try:
+        if init_from:
+            src, src_tensors = registry.load(init_from, expect_backbone=backbone.fingerprint)
+            if src.method != method or src.method_config != mcfg.model_dump():
+                raise XtlError(
+                    f"cannot continue from {init_from!r}: it is {src.method} {src.method_config}, "
+                    f"this module is {method} {mcfg.model_dump()}",
+                    where="init_from", fix="use the same method and method_config",
+                )
+            method_obj.load_state_dict(backbone, slot, split_weights(src_tensors)[0])
+        method_obj.activate(backbone, [slot], trainable=[slot])
+        model = TaskModel(backbone, spec)
+        fmt = model.format
+        tok = backbone.tokenizer
+        train_feats = fmt.encode(train_ex, spec, tok, train=True)
+        dev_feats = fmt.encode(dev_ex, spec, tok, train=False) if dev_ex else None
+        trainable = {f"module.{n}": p for n, p in method_obj.named_parameters(backbone, slot).items()}
+        trainable.update({f"head.{n}": p for n, p in model.head.named_parameters()})
+        for p in trainable.values():
+            p.requires_grad_(True)
+        n_train = count_parameters(trainable.values())
+        total = backbone.total_params() + count_parameters(model.head.parameters())
+        result = train(model, trainable, train_feats, dev_feats, dev_ex, cfg, checkpoint_dir=checkpoint_dir,
+                       main_metric=default_main_metric(spec), progress=progress, description=name)
+        scores = evaluate(model, spec, eval_languages, data_dir=data_dir, limit=eval_limit)
+        weights = {n: p.detach().cpu() for n, p in trainable.items() if n.startswith("head.")}
+        module_sd = method_obj.state_dict(backbone, slot)
+        weights.update({f"module.{k}": v for k, v in module_sd.items()})
+        manifest = Manifest(
+            name=name,
+            task=spec.name,
+            format=spec.format,
+            method=method,
+            method_config=mcfg.model_dump(),
+            head=fmt.head_config(spec),
+            composition={"kind": "continue", "from": init_from} if init_from else {"kind": "single"},
+            backbone=backbone.fingerprint,
+            recipe_hash=recipe_hash,
+            steps=cfg.steps,
+            seed=cfg.seed,
+            train_examples=result.train_examples,
+            scores=scores,
+            trainable_params=n_train,
+            library_versions=library_versions(),
+            training={"config": cfg.model_dump(), "best_step": result.best_step, "best_dev": result.best_score,
+                      "seconds": round(result.seconds, 2), "padding_waste": round(result.padding_waste, 4)},
+            **(extra_manifest or {}),
+        )
+        manifest = registry.save(manifest, weights)
+        if results_path:
+            append_results(results_path, result_rows(f"{manifest.name}@{manifest.version}", spec.name, scores,
+                                                     method=method, seed=cfg.seed, steps=cfg.steps))
+        return TrainedModule(manifest, result, scores, n_train, total)
+    finally:
+        if not keep_loaded:
+            method_obj.remove(backbone, slot)
+        else:
+            method_obj.deactivate(backbone)
+
+
+def model_format_trainable(spec: TaskSpec) -> bool:
+    from .formats import get_format
+
+    return get_format(spec.format).trainable
+
+
+def evaluate_module(
+    backbone: Backbone,
+    module: str | None,
+    task: str | TaskSpec,
+    *,
+    registry: Registry | None = None,
+    languages: list[str] | None = None,
+    data_dir: Path | None = None,
+    limit: int | None = None,
+    results_path: Path | None = None,
+    allow_backbone_mismatch: bool = False,
+    update_registry: bool = True,
+) -> dict[str, dict[str, float]]:
+    """Score a registry module (or, with module=None, the bare backbone for retrieval)."""
+    spec = task if isinstance(task, TaskSpec) else get_task(task)
+    registry = registry or Registry()
+    t0 = time.perf_counter()
+    if module is None:
+        if spec.format != "retrieval":
+            raise XtlError(f"task {spec.name!r} needs a trained module", where="--module",
+                           fix="train one with `xtl train` first")
+        model = TaskModel(backbone, spec)
+        scores = evaluate(model, spec, languages, data_dir=data_dir, limit=limit)
+        label = f"backbone:{backbone.fingerprint.model_id}"
+    else:
+        man, slot, head_w = load_module_into(backbone, registry, module, allow_backbone_mismatch=allow_backbone_mismatch)
+        method_obj = get_method(man.method)
+        method_obj.activate(backbone, [slot], trainable=[])
+        try:
+            model = TaskModel(backbone, spec)
+            if spec.format != "retrieval":
+                if man.task != spec.name and man.head.get("labels") != (spec.labels and list(spec.labels)):
+                    raise XtlError(
+                        f"module {module!r} was trained on {man.task!r}; its head does not fit task {spec.name!r}",
+                        where="--task", fix=f"evaluate it on {man.task!r} or a task with the same labels",
+                    )
+                model.head.load_state_dict(head_w)
+            scores = evaluate(model, spec, languages, data_dir=data_dir, limit=limit)
+        finally:
+            method_obj.deactivate(backbone)
+            method_obj.remove(backbone, slot)
+        label = f"{man.name}@{man.version}"
+        if update_registry and spec.name == man.task:
+            registry.update_scores(man.name, man.version, scores)
+    if results_path:
+        append_results(results_path, result_rows(label, spec.name, scores, seconds=round(time.perf_counter() - t0, 2)))
+    return scores

@@ -1,0 +1,244 @@
+"""Tasks are data, not code: one YAML file per task family (after lm-evaluation-harness).
+
+A task file names its format (which code handles it), where its data come from (a Hub data set
+through `datasets.load_dataset`, or local files), which columns hold what, the label set, and the
+languages it is evaluated on. Several tasks may share one file (a `tasks:` list) and inherit from
+a common block through `include:`.
+
+Path templates may use `{data_dir}` (a recipe or `--data-dir` sets it; default `$XTL_DATA` or
+`../shared/data`), `{code}` (the language's code in the source) and `{lang}` (ours).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..errors import XtlError, did_you_mean
+
+FORMATS = ("classification", "retrieval", "tagging", "span_qa", "multiple_choice")
+
+
+class Source(BaseModel):
+    """Where one split's rows come from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # auto: the local file when it exists (or no Hub data set is named), else the Hub
+    kind: Literal["auto", "local", "hub"] = "auto"
+    # local: a path template and a file format
+    path: str | None = None
+    file_format: Literal["tsv", "csv", "jsonl", "json", "lines", "conllu", "iob2", "squad"] | None = None
+    header: bool = True
+    fieldnames: list[str] | None = None  # for headerless tsv/csv
+    columns: dict[str, str] | None = None  # this split's role -> column, overriding the task's
+    # hub: datasets.load_dataset(dataset, config, split=split, revision=revision)
+    dataset: str | None = None
+    config: str | None = None
+    split: str | None = None
+    revision: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.kind == "local" and not self.path:
+            raise ValueError("a local source needs `path`")
+        if self.kind == "hub" and not self.dataset:
+            raise ValueError("a hub source needs `dataset`")
+        if not self.path and not self.dataset:
+            raise ValueError("a source needs `path` (local files) and/or `dataset` (Hub)")
+        if self.path and self.file_format is None:
+            ext = Path(self.path).suffix.lstrip(".")
+            guess = {"tsv": "tsv", "csv": "csv", "jsonl": "jsonl", "json": "json", "conllu": "conllu",
+                     "iob2": "iob2", "txt": "lines"}.get(ext)
+            if guess is None:
+                raise ValueError(f"cannot tell the file format of {self.path!r}; set `file_format`")
+            self.file_format = guess
+        return self
+
+
+class IdSplit(BaseModel):
+    """Split a parallel set by example id so no translation of a training example is evaluated.
+
+    Each id is assigned to train or eval by a hash of (id, seed): the same id lands on the same
+    side in every language.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    id_column: str = "__line__"  # "__line__": the row number (line-aligned translations)
+    train_fraction: float = 0.5
+    seed: int = 0
+
+
+class TaskSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    format: Literal["classification", "retrieval", "tagging", "span_qa", "multiple_choice"]
+    description: str = ""
+    group: Literal["intermediate", "target", "demo", "local"] = "local"
+    paper_name: str | None = None
+    # data
+    splits: dict[str, Source] = Field(default_factory=dict)  # train / validation / test
+    languages: dict[str, str] = Field(default_factory=lambda: {"en": "en"})  # ours -> source code
+    train_language: str = "en"
+    train_task: str | None = None  # targets trained on another task's English data (XNLI <- MNLI)
+    id_split: IdSplit | None = None
+    id_column: str | None = None  # checked: train ids never appear in evaluation
+    columns: dict[str, str] = Field(default_factory=dict)  # role -> column in the source
+    labels: list[str] | None = None
+    label_map: dict[str, str] | None = None  # source value -> label (e.g. 0 -> entailment)
+    # format options
+    max_length: int = 128
+    metrics: list[str] = Field(default_factory=list)
+    main_metric: str | None = None
+    pooling: Literal["cls", "mean"] = "mean"
+    retrieval_layer: int | None = None  # None: 7/12 of the depth (layer 14 of 24, as jiant)
+    # training defaults (recipes override)
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    notes: str = ""
+    file: str | None = None  # where this spec was read from (filled in by the loader)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.train_language not in self.languages and self.format != "retrieval":
+            self.languages = {self.train_language: self.train_language, **self.languages}
+        if self.format in ("classification", "tagging") and not self.labels:
+            raise ValueError(f"format {self.format!r} needs a `labels` list")
+        return self
+
+    @property
+    def eval_split(self) -> str:
+        return "test" if "test" in self.splits else "validation"
+
+    def source_for(self, split: str) -> Source:
+        if split not in self.splits:
+            raise XtlError(
+                f"task {self.name!r} has no split {split!r}",
+                where=self.file or self.name,
+                fix=f"available splits: {', '.join(self.splits) or 'none'}",
+            )
+        return self.splits[split]
+
+    def language_code(self, lang: str) -> str:
+        if lang not in self.languages:
+            raise XtlError(
+                f"task {self.name!r} has no language {lang!r}",
+                where=self.file or self.name,
+                fix=did_you_mean(lang, self.languages),
+            )
+        return self.languages[lang]
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("languages", "label_map"):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _expand_file(path: Path, text: str) -> list[dict]:
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise XtlError(f"malformed YAML: {e}", where=str(path), fix="fix the YAML syntax") from None
+    if not isinstance(doc, dict):
+        raise XtlError("a task file must be a mapping", where=str(path))
+    common = {k: v for k, v in doc.items() if k not in ("tasks", "include")}
+    if "include" in doc:
+        inc_path = path.parent / doc["include"]
+        if not inc_path.exists():
+            raise XtlError(f"included file {doc['include']!r} not found", where=str(path))
+        common = _merge(yaml.safe_load(inc_path.read_text()) or {}, common)
+    if "tasks" in doc:
+        if not isinstance(doc["tasks"], list):
+            raise XtlError("`tasks` must be a list of task mappings", where=str(path))
+        return [_merge(common, t) for t in doc["tasks"]]
+    return [common]
+
+
+def parse_task_file(path: Path, text: str | None = None) -> list[TaskSpec]:
+    text = path.read_text() if text is None else text
+    specs = []
+    for i, raw in enumerate(_expand_file(path, text)):
+        raw.setdefault("file", str(path))
+        try:
+            specs.append(TaskSpec(**raw))
+        except ValidationError as e:
+            first = e.errors()[0]
+            field = ".".join(str(x) for x in first["loc"]) or "(task)"
+            name = raw.get("name", f"#{i}")
+            raise XtlError(
+                f"task {name!r}, field {field!r}: {first['msg']}",
+                where=str(path),
+                fix="see the task schema in adapters_xtl/tasks/__init__.py (TaskSpec)",
+            ) from None
+    return specs
+
+
+def _builtin_files() -> list[Path]:
+    root = resources.files(__package__)
+    return sorted(Path(str(p)) for p in root.iterdir() if str(p).endswith(".yaml") and not Path(str(p)).name.startswith("_"))
+
+
+@lru_cache(maxsize=1)
+def _catalog() -> dict[str, TaskSpec]:
+    out: dict[str, TaskSpec] = {}
+    for f in _builtin_files():
+        for spec in parse_task_file(f):
+            if spec.name in out:
+                raise XtlError(f"task {spec.name!r} is defined twice", where=str(f))
+            out[spec.name] = spec
+    extra = os.environ.get("XTL_TASKS")  # user task folders, ':'-separated
+    if extra:
+        for d in extra.split(os.pathsep):
+            for f in sorted(Path(d).glob("*.yaml")):
+                for spec in parse_task_file(f):
+                    out[spec.name] = spec
+    return out
+
+
+def task_names() -> list[str]:
+    return sorted(_catalog())
+
+
+def get_task(name: str) -> TaskSpec:
+    """A task by catalog name, or from a YAML file path (`my_task.yaml` or `my_tasks.yaml:name`)."""
+    cat = _catalog()
+    if name in cat:
+        return cat[name]
+    file, _, sub = name.partition(":") if ":" in name and not Path(name).exists() else (name, "", "")
+    p = Path(file)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.exists():
+            raise XtlError(f"task file {file!r} not found", where="task")
+        specs = parse_task_file(p)
+        if sub:
+            for s in specs:
+                if s.name == sub:
+                    return s
+            raise XtlError(f"no task {sub!r} in {file}", where="task", fix=did_you_mean(sub, [s.name for s in specs]))
+        if len(specs) != 1:
+            raise XtlError(f"{file} defines {len(specs)} tasks", where="task", fix=f"name one as {file}:NAME")
+        return specs[0]
+    raise XtlError(f"unknown task {name!r}", where="task", fix=did_you_mean(name, cat) + " (or a path to a task YAML)")
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("XTL_DATA")
+    if env:
+        return Path(env)
+    here = Path.cwd()
+    for cand in (here / "../shared/data", here / "shared/data"):
+        if cand.is_dir():
+            return cand.resolve()
+    return (here / "data").resolve()
