@@ -292,23 +292,26 @@ def registry_verify(registry: Optional[Path] = typer.Option(None), fix: bool = t
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors become one clear message and exit code 2."""
-    import click
-
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         app(args=argv, standalone_mode=False)
         return 0
     except XtlError as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {e}", highlight=False)
         return 2
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
-    except click.exceptions.Abort:
-        Console(stderr=True).print("aborted")
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted: finished cells and checkpoints are kept; run again to resume")
         return 130
+    except Exception as e:  # typer's (vendored) click exceptions: usage errors, Exit, Abort
+        kind = type(e).__name__
+        if kind == "Exit":
+            return int(getattr(e, "exit_code", 0))
+        if kind == "Abort":
+            return 130
+        if hasattr(e, "show") and hasattr(e, "exit_code"):
+            e.show()
+            return int(e.exit_code)
+        raise
 
 
 def entry() -> None:

@@ -85,6 +85,7 @@ def train(
     main_metric: str = "accuracy",
     progress=None,
     description: str = "train",
+    on_step=None,
 ) -> TrainResult:
     """Train the parameters in `trainable` (name -> parameter); leave the best state loaded."""
     fmt = model.format
@@ -225,6 +226,8 @@ def train(
             evaluate_dev(done)
         if checkpoint_dir and (done % (cfg.checkpoint_every or cfg.eval_every) == 0 or done == cfg.steps):
             checkpoint(done)
+        if on_step is not None:
+            on_step(done)  # hooks: grid progress, and tests that simulate a crash
     if progress:
         progress.update(task_id, completed=cfg.steps)
     if best_state is not None:

@@ -49,6 +49,7 @@ class BottleneckMethod(Method):
         cls = SeqBnConfig if config.variant == "seq_bn" else DoubleSeqBnConfig
         cfg = cls(reduction_factor=config.reduction_factor, non_linearity=config.non_linearity)
         backbone.model.add_adapter(module, config=cfg)
+        backbone.model.train(backbone.model.training)  # new dropout layers follow the model's mode
         dev = backbone.device
         for n, p in backbone.model.named_parameters():
             if self.key_marker(module) in n:

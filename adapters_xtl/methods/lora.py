@@ -44,6 +44,7 @@ class LoraMethod(Method):
             warnings.simplefilter("ignore")
             inject_adapter_in_model(cfg, backbone.model, adapter_name=module)
         fix_cpu_4bit(backbone)
+        backbone.model.train(backbone.model.training)  # new dropout layers follow the model's mode
         # peft leaves the new adapter trainable and active; we decide that in activate()
         self.deactivate(backbone)
         dev = backbone.device

@@ -1,0 +1,214 @@
+"""Multiple choice (CosmosQA, CommonsenseQA, HellaSwag, SIQA, XCOPA-like): pick one of k choices.
+
+Roles of an example (the task's `columns:` map source columns to them):
+  context   optional passage (CosmosQA `context`, HellaSwag `ctx`, XCOPA `premise`)
+  question  optional question (CommonsenseQA `question`; XCOPA's `question` is "cause"/"effect")
+  choices   the choices, as either
+              - a list column (JSONL), or
+              - a dict column {"label": [letters], "text": [choices]} (CommonsenseQA's HF layout), or
+              - several columns: roles `choice0`, `choice1`, ... (`columns: {choice0: answer0, ...}`),
+                or `choices: "answer0,answer1,answer2,answer3"` (a comma-separated list of
+                columns; `data.to_roles` must then hand the role over as a list)
+  label     the right choice. Resolved in this order: `label_map` (source value -> value),
+            the choice letters of a dict column (CommonsenseQA `answerKey: "C"` -> 2), the task's
+            `labels` naming the choice positions (`labels: [A, B, C, D, E]`), an integer
+            (0-based: CosmosQA `"1"` -> 1; a 1-based set uses `label_map: {"1": "0", ...}`),
+            and a single letter A-Z (A -> 0).
+
+Encoding: one sequence per choice. With a context the pair is (context, question + " " + choice):
+the question travels with the choice, so truncating a long context (`longest_first`) never cuts
+the question. Without a context the pair is (question, choice); with neither, the choice alone.
+
+Head: dropout + linear(hidden, 1) on each choice's pooled state (`pooling:` mean or cls); the
+scores of an example's choices go through a softmax, the loss is cross-entropy over choices.
+Examples with different numbers of choices share a batch: missing choices are never encoded (no
+compute spent on them) and get a score of -inf, so they take no probability and are never
+predicted. Trailing empty choices (an empty `answer4` cell) are dropped the same way. A task
+that names its choice positions in `labels` declares a fixed count: an example with another
+count is an `XtlError`.
+
+Score: {"accuracy"} (percent) via `metrics.choice_accuracy` (first choice wins a tie).
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from .. import metrics
+from ..errors import XtlError
+from . import register_format
+from .base import Format, length_bucketed_batches, pad_sequences, pool, to_device
+
+_CHOICE_ROLE = re.compile(r"choice(\d+)$")
+
+
+class MultipleChoiceHead(torch.nn.Module):
+    def __init__(self, hidden: int, pooling: str = "mean", dropout: float = 0.1):
+        super().__init__()
+        self.pooling = pooling
+        self.dropout = torch.nn.Dropout(dropout)
+        self.out = torch.nn.Linear(hidden, 1)
+
+    def forward(self, hidden: torch.Tensor, batch: dict) -> torch.Tensor:
+        """hidden: [n_choices_in_batch, seq, h] -> scores [n_examples, max_choices] (-inf = no choice)."""
+        x = pool(hidden, batch["attention_mask"], self.pooling)
+        s = self.out(self.dropout(x)).squeeze(-1).float()
+        scores = torch.full(batch["choice_mask"].shape, float("-inf"), device=s.device, dtype=s.dtype)
+        return scores.index_put((batch["choice_row"], batch["choice_col"]), s)
+
+
+def _text(x) -> str:
+    return "" if x is None else str(x).strip()
+
+
+def _fail(spec, ex, msg: str, fix: str | None = None):
+    raise XtlError(f"example {ex.get('id')!r}: {msg} (task {spec.name!r})", where=spec.file or spec.name, fix=fix)
+
+
+def _choices(ex: dict, spec) -> tuple[list[str], list[str] | None]:
+    """(choice texts, choice letters if the source names them) of one example."""
+    letters = None
+    raw = ex.get("choices")
+    numbered = sorted(((int(m.group(1)), r) for r in ex if (m := _CHOICE_ROLE.match(r))), key=lambda t: t[0])
+    if raw is None and numbered:
+        raw = [ex[r] for _, r in numbered]
+    if isinstance(raw, dict):
+        if "text" not in raw:
+            _fail(spec, ex, f"a dict `choices` needs a `text` list, has keys {sorted(raw)}",
+                  "CommonsenseQA layout: {\"label\": [\"A\", ...], \"text\": [...]}")
+        letters = [str(l) for l in raw.get("label") or []] or None
+        raw = raw["text"]
+        if letters is not None and len(letters) != len(raw):
+            _fail(spec, ex, f"choices has {len(letters)} labels but {len(raw)} texts")
+    if isinstance(raw, str):
+        _fail(spec, ex, "`choices` is one string, not a list of choices",
+              "map several columns with roles choice0, choice1, ... or give a list column")
+    if not isinstance(raw, (list, tuple)):
+        _fail(spec, ex, f"no choices (got {type(raw).__name__})",
+              "map `choices` (a list or dict column) or roles choice0, choice1, ... in `columns:`")
+    texts = [_text(c) for c in raw]
+    while texts and not texts[-1]:  # trailing empty cells: fewer choices for this example
+        texts.pop()
+    if letters is not None:
+        letters = letters[: len(texts)]
+    if not texts:
+        _fail(spec, ex, "has no choices")
+    return texts, letters
+
+
+def _label(ex: dict, spec, n: int, letters: list[str] | None) -> int:
+    raw = ex.get("label")
+    val = _text(raw)
+    if not val:
+        _fail(spec, ex, "has no label", "map `label` in `columns:` to the column holding the right choice")
+    if spec.label_map and val in spec.label_map:
+        val = str(spec.label_map[val])
+    if letters and val in letters:
+        idx = letters.index(val)
+    elif spec.labels and val in spec.labels:
+        idx = list(spec.labels).index(val)
+    elif re.fullmatch(r"-?\d+", val):
+        idx = int(val)
+    elif re.fullmatch(r"[A-Z]", val):
+        idx = ord(val) - ord("A")
+    else:
+        _fail(spec, ex, f"label {raw!r} names no choice",
+              "use a 0-based index, a choice letter, or map it with `label_map`")
+    if not 0 <= idx < n:
+        _fail(spec, ex, f"label {raw!r} points at choice {idx}, but there are {n} choices (0..{n - 1})",
+              "labels are 0-based; for 1-based data add label_map: {\"1\": \"0\", \"2\": \"1\", ...}")
+    return idx
+
+
+class MultipleChoice(Format):
+    name = "multiple_choice"
+
+    def make_head(self, spec, hidden_size):
+        return MultipleChoiceHead(hidden_size, pooling=spec.pooling)
+
+    def head_config(self, spec) -> dict:
+        return {"kind": "multiple_choice", "pooling": spec.pooling}
+
+    def encode(self, examples, spec, tokenizer, *, train):
+        """A feature: `choice_ids` (one id list per choice), `label`, and `input_ids` = its longest
+        choice (what length bucketing sorts by: a batch pads every choice to that length)."""
+        firsts, seconds, owners, labels = [], [], [], []
+        for i, ex in enumerate(examples):
+            texts, letters = _choices(ex, spec)
+            if spec.labels and len(texts) != len(spec.labels):
+                _fail(spec, ex, f"has {len(texts)} choices, the task declares {len(spec.labels)} ({list(spec.labels)})",
+                      "drop `labels` from the task to allow a varying number of choices")
+            labels.append(_label(ex, spec, len(texts), letters))
+            context, question = _text(ex.get("context")), _text(ex.get("question"))
+            for c in texts:
+                if context:
+                    first, second = context, f"{question} {c}" if question else c
+                elif question:
+                    first, second = question, c
+                else:
+                    first, second = c, None
+                firsts.append(first)
+                seconds.append(second)
+                owners.append(i)
+        feats = [{"choice_ids": [], "label": lab} for lab in labels]
+        single = [k for k, s in enumerate(seconds) if s is None]
+        paired = [k for k, s in enumerate(seconds) if s is not None]
+        ids: list[list[int] | None] = [None] * len(firsts)
+        if paired:
+            enc = tokenizer([firsts[k] for k in paired], [seconds[k] for k in paired],
+                            truncation="longest_first", max_length=spec.max_length)["input_ids"]
+            for k, e in zip(paired, enc):
+                ids[k] = e
+        if single:
+            enc = tokenizer([firsts[k] for k in single], truncation=True, max_length=spec.max_length)["input_ids"]
+            for k, e in zip(single, enc):
+                ids[k] = e
+        for k, owner in enumerate(owners):
+            feats[owner]["choice_ids"].append(ids[k])
+        for f in feats:
+            f["input_ids"] = max(f["choice_ids"], key=len)
+        return feats
+
+    def collate(self, features, pad_id):
+        seqs, rows, cols = [], [], []
+        for r, f in enumerate(features):
+            for c, s in enumerate(f["choice_ids"]):
+                seqs.append(s)
+                rows.append(r)
+                cols.append(c)
+        ids, mask = pad_sequences(seqs, pad_id)
+        width = max(len(f["choice_ids"]) for f in features)
+        choice_mask = torch.zeros((len(features), width), dtype=torch.bool)
+        choice_mask[rows, cols] = True
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "choice_row": torch.tensor(rows, dtype=torch.long),
+            "choice_col": torch.tensor(cols, dtype=torch.long),
+            "choice_mask": choice_mask,
+            "labels": torch.tensor([f["label"] for f in features], dtype=torch.long),
+        }
+
+    def loss(self, outputs, batch):
+        return torch.nn.functional.cross_entropy(outputs.float(), batch["labels"])
+
+    @torch.inference_mode()
+    def predict(self, model, features, batch_size) -> list[list[float]]:
+        """Per feature: the score of each of its choices (exactly its own number of choices)."""
+        lengths = [len(f["input_ids"]) for f in features]
+        out: list[list[float]] = [[] for _ in features]
+        for b in length_bucketed_batches(lengths, batch_size, seed=None):  # batch_size examples, as in training
+            batch = to_device(self.collate([features[i] for i in b], model.pad_id), model.device)
+            scores = model(batch).float().cpu()
+            for row, i in enumerate(b):
+                out[i] = scores[row, : len(features[i]["choice_ids"])].tolist()
+        return out
+
+    def score(self, model, features, examples, spec, batch_size):
+        logits = self.predict(model, features, batch_size)
+        return {"accuracy": 100.0 * metrics.choice_accuracy(logits, [f["label"] for f in features])}
+
+
+register_format(MultipleChoice())
