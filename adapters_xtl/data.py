@@ -147,7 +147,10 @@ def to_roles(spec: TaskSpec, rows: list[dict], origin: str, lang: str | None = N
         raise XtlError("no rows", where=origin, fix="the file is empty or the split/language is wrong")
     code = spec.languages.get(lang, lang) if lang else None
     cols = {role: c.format(code=code, lang=lang) if "{" in c else c for role, c in (columns or spec.columns).items()}
-    missing = [c for role, c in cols.items() if c not in rows[0] and not c.startswith("__")]
+    def parts(c: str) -> list[str]:  # "a,b,c": several columns -> one list-valued role (choices)
+        return [p.strip() for p in c.split(",")] if "," in c else [c]
+
+    missing = [p for c in cols.values() for p in parts(c) if p not in rows[0] and not p.startswith("__")]
     if missing:
         raise XtlError(
             f"missing column(s) {missing} (task {spec.name!r}); found: {sorted(rows[0])}",
@@ -159,7 +162,7 @@ def to_roles(spec: TaskSpec, rows: list[dict], origin: str, lang: str | None = N
     for i, row in enumerate(rows):
         ex: dict[str, Any] = {}
         for role, col in cols.items():
-            ex[role] = i if col == "__line__" else row.get(col)
+            ex[role] = i if col == "__line__" else [row.get(p) for p in parts(col)] if "," in col else row.get(col)
         ex.setdefault("id", i)
         if "label" in ex and spec.format == "classification":
             raw = ex["label"]

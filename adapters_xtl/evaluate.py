@@ -63,7 +63,7 @@ def evaluate(
         sp = split or spec.eval_split
         examples = load_examples(spec, sp, lang, data_dir, limit=limit)
         features = fmt.encode(examples, spec, model.tokenizer, train=False)
-        out[lang] = fmt.score(model, features, examples, spec, batch_size)
+        out[lang] = fmt.score(model, features, examples, spec, batch_size, lang=lang)
     return out
 
 

@@ -32,7 +32,13 @@ class TrainedModule:
 
 
 def default_main_metric(spec: TaskSpec) -> str:
-    return spec.main_metric or {"classification": "accuracy", "retrieval": "accuracy", "tagging": "f1",
+    if spec.main_metric:
+        return spec.main_metric
+    if spec.format == "tagging":
+        from .formats.tagging import tagging_kind
+
+        return "f1" if tagging_kind(spec) == "ner" else "accuracy"
+    return {"classification": "accuracy", "retrieval": "accuracy", "tagging": "f1",
                                  "span_qa": "f1", "multiple_choice": "accuracy"}[spec.format]
 
 

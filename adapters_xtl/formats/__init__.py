@@ -24,4 +24,4 @@ def get_format(name: str) -> Format:
     return _FORMATS[name]
 
 
-from . import classification, retrieval  # noqa: E402,F401
+from . import classification, multiple_choice, retrieval, span_qa, tagging  # noqa: E402,F401

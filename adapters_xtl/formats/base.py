@@ -27,8 +27,10 @@ class Format:
     def loss(self, outputs: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
-    def score(self, model, features: list[dict], examples: list[dict], spec: TaskSpec, batch_size: int) -> dict[str, float]:
-        """Metrics (name -> value in percent) of `model` on encoded features."""
+    def score(self, model, features: list[dict], examples: list[dict], spec: TaskSpec, batch_size: int,
+              lang: str | None = None) -> dict[str, float]:
+        """Metrics (name -> value in percent) of `model` on encoded features of language `lang`
+        (language-aware metrics such as MLQA's normalisation need it)."""
         raise NotImplementedError
 
 

@@ -62,7 +62,7 @@ class Classification(Format):
                 preds[i] = p
         return preds
 
-    def score(self, model, features, examples, spec, batch_size):
+    def score(self, model, features, examples, spec, batch_size, lang=None):
         preds = self.predict(model, features, batch_size)
         gold = [f["label"] for f in features]
         return {

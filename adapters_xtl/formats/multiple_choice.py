@@ -206,7 +206,7 @@ class MultipleChoice(Format):
                 out[i] = scores[row, : len(features[i]["choice_ids"])].tolist()
         return out
 
-    def score(self, model, features, examples, spec, batch_size):
+    def score(self, model, features, examples, spec, batch_size, lang=None):
         logits = self.predict(model, features, batch_size)
         return {"accuracy": 100.0 * metrics.choice_accuracy(logits, [f["label"] for f in features])}
 

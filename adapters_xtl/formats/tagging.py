@@ -226,7 +226,7 @@ class Tagging(Format):
                     row[f["words"] + k] = spec.labels[label]
         return preds
 
-    def score(self, model, features, examples, spec, batch_size):
+    def score(self, model, features, examples, spec, batch_size, lang=None):
         pred = self.predict_tags(model, features, examples, spec, batch_size)
         lmap = spec.label_map or {}
         gold = [[lmap.get(str(t), str(t)) for t in e["tags"]] for e in examples]
