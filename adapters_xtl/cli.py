@@ -163,8 +163,8 @@ def _run_plan(plan, out: Path, *, dry_run: bool, registry: Optional[Path], devic
     from .evaluate import read_results
 
     reg = _registry(registry)
-    info = describe(plan, reg)
-    cached = sum((out / "cells" / f"{c.key}.json").exists() for c in plan.cells)
+    info = describe(plan, reg, run_dir=out)
+    cached = info["cells_cached"]
     t = Table(title=f"plan: {plan.recipe.name} ({plan.recipe.backbone}, {plan.recipe.method}, {plan.recipe.quantization})")
     for col in ("#", "target", "composition", "intermediate", "seed", "status"):
         t.add_column(col)

@@ -51,15 +51,20 @@ def _train_config(raw: dict, where: str) -> TrainConfig:
         raise XtlError(f"invalid train settings: {e}", where=where, fix=f"fields: {', '.join(TrainConfig.model_fields)}") from None
 
 
-def describe(plan: Plan, registry: Registry, backbone_fp=None) -> dict:
-    """What a run would do: modules to train vs reuse, cells to run vs cached, rough cost."""
+def describe(plan: Plan, registry: Registry, backbone_fp=None, run_dir: Path | None = None) -> dict:
+    """What a run would do: modules to train vs reuse, cells to run vs cached, training steps."""
     reuse = [m.name for m in plan.modules if _find_module(registry, m, backbone_fp) is not None]
+    cached = {c.key for c in plan.cells if run_dir and (run_dir / "cells" / f"{c.key}.json").exists()}
+    todo = [c for c in plan.cells if c.key not in cached]
+    needed = {n for c in todo for n in c.intermediates}
+    to_train = [m for m in plan.modules if m.name not in reuse and m.name in needed]
     return {
         "cells": len(plan.cells),
-        "modules_to_train": [m.name for m in plan.modules if m.name not in reuse],
+        "cells_cached": len(cached),
+        "modules_to_train": [m.name for m in to_train],
         "modules_reused": reuse,
-        "training_steps": sum(m.train.get("steps", TrainConfig().steps) for m in plan.modules if m.name not in reuse)
-        + sum(c.train.get("steps", TrainConfig().steps) for c in plan.cells if get_task(c.target).format != "retrieval"),
+        "training_steps": sum(m.train.get("steps", TrainConfig().steps) for m in to_train)
+        + sum(c.train.get("steps", TrainConfig().steps) for c in todo if get_task(c.target).format != "retrieval"),
     }
 
 
@@ -120,7 +125,9 @@ def run_plan(plan: Plan, run_dir: Path, *, registry: Registry | None = None, bac
         for cell in todo:
             t0 = time.perf_counter()
             spec = get_task(cell.target)
+            inter_tasks = [next(m.task for m in plan.modules if m.name == n) for n in cell.intermediates]
             rows_extra = {"cell": cell.key, "target": cell.target, "composition": cell.composition,
+                          "intermediate_task": "+".join(inter_tasks) or "none",
                           "backbone": backbone.fingerprint.short(), "method": recipe.method,
                           "intermediate": "+".join(cell.intermediates) or "none", "seed": cell.seed}
             if spec.format == "retrieval":
