@@ -180,6 +180,19 @@ def render_card(manifest: Manifest) -> str:
     ]
     if m.composition:
         body += ["", f"It was trained inside the composition `{_cell(m.composition)}`."]
+    imported = (m.model_extra or {}).get("imported")
+    if isinstance(imported, dict):
+        src = imported.get("source") or {}
+        where = src.get("repo_id") or src.get("path") or "a local folder"
+        if src.get("revision"):
+            where += f"@{src['revision']}"
+        body += [
+            "",
+            f"It was **imported** from a {_cell(imported.get('library'))} adapter (`{_cell(where)}`), not trained "
+            "by adapters_xtl: training steps, seed and data are unknown"
+            + ("." if m.head else ", and it has **no task head**: use it for retrieval, or train a head on "
+               "top with `xtl train --init-from`."),
+        ]
     if bb.model_id == "xlmr-e5-small":
         body += [
             "",
@@ -212,8 +225,66 @@ def render_card(manifest: Manifest) -> str:
         "Loading verifies the sha256 of every file and refuses a backbone whose fingerprint differs "
         "(model id, weights hash or quantization). Weights are stored as safetensors only.",
         "",
+        *_library_usage(m),
     ]
     return f"---\n{meta}---\n\n" + "\n".join(body)
+
+
+# what `xtl registry export` writes per method, and the folder `xtl registry push` uploads it to
+EXPORT_FORMATS = {"lora": "peft", "bottleneck": "adapters"}
+
+
+def _library_usage(m: Manifest) -> list[str]:
+    """How to load the module with adapters_xtl from the Hub, and with peft or adapters alone."""
+    hub = m.hub or {}
+    repo = hub.get("repo_id")
+    base = BASE_MODELS.get(m.backbone.model_id, m.backbone.model_id)
+    fmt = EXPORT_FORMATS.get(m.method)
+    lines: list[str] = []
+    if repo:
+        rev = hub.get("revision")
+        pinned = f"{repo}@{rev}" if rev else repo
+        lines += [
+            f"From the Hub (`{_cell(repo)}`), into a local registry (the commit is pinned in the manifest):",
+            "",
+            "```bash",
+            f"xtl registry pull {pinned}",
+            f"xtl registry pull {repo} --lazy   # record it now, download the weights on first use",
+            "```",
+            "",
+        ]
+    if fmt is None:
+        return lines
+    folder = f"{m.name}-{fmt}"
+    head_note = (f"The task head, which {fmt} does not know, is in `xtl_head.safetensors` + `xtl_head.json`."
+                 if m.head else "This module has no task head.")
+    lines += [
+        f"### With {fmt} alone",
+        "",
+        f"`xtl registry export {m.name} --format {fmt} {folder}` writes a folder {fmt} loads directly"
+        + (f"; this repo holds it in `{fmt}/`" if repo else "") + f". {head_note}",
+        "",
+        "```python",
+    ]
+    load_base = f'model = XLMRobertaModel.from_pretrained("{_cell(base)}", add_pooling_layer=False)'
+    if fmt == "peft":
+        lines += ["from peft import PeftModel", "from transformers import XLMRobertaModel", "", load_base]
+        where = f'"{_cell(repo)}", subfolder="peft"' if repo else f'"{folder}"'
+        lines += [f"model = PeftModel.from_pretrained(model, {where})"]
+    else:
+        lines += ["import adapters"]
+        if repo:
+            lines += ["from huggingface_hub import snapshot_download"]
+        lines += ["from transformers import XLMRobertaModel", "", load_base, "adapters.init(model)"]
+        if repo:
+            lines += [f'folder = snapshot_download("{_cell(repo)}", allow_patterns=["adapters/*"]) + "/adapters"']
+        else:
+            lines += [f'folder = "{folder}"']
+        lines += ["name = model.load_adapter(folder, use_safetensors=True)", "model.set_active_adapters(name)"]
+    lines += ["```", ""]
+    if m.backbone.model_id == "xlmr-e5-small":
+        lines += [f"(`{base}` is the float original of the rounded backbone; see the note above.)", ""]
+    return lines
 
 
 def parse_front_matter(text: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""`xtl registry ...`: list, show and verify modules (push/pull/import/export join here)."""
+"""`xtl registry ...`: list, show and verify modules; push/pull them on the Hub; import/export peft and adapters."""
 
 from __future__ import annotations
 
@@ -49,3 +49,103 @@ def registry_verify(registry: Optional[Path] = typer.Option(None), fix: bool = t
             console.print(f"[red]- {p}")
         raise typer.Exit(1)
     console.print(f"[green]registry {reg.root} is healthy")
+
+
+# ------------------------------------------------------------------------------------ sharing
+@registry_app.command("push")
+def registry_push(
+    name: str = typer.Argument(..., help="registry module to upload"),
+    version: Optional[str] = typer.Option(None, help="version to push (default: latest)"),
+    repo_id: Optional[str] = typer.Option(None, help="Hub repo ORG/NAME (default: <your user>/<name>)"),
+    private: bool = typer.Option(False, "--private", help="create the repo as private"),
+    message: Optional[str] = typer.Option(None, help="commit message"),
+    exports: bool = typer.Option(True, help="also upload the peft/adapters export (peft/ or adapters/)"),
+    registry: Optional[Path] = typer.Option(None),
+):
+    """Upload a module (weights, manifest, model card, peft/adapters export) to the Hugging Face Hub."""
+    from .hub import push
+
+    m = push(_registry(registry), name, version, repo_id=repo_id, private=private, commit_message=message,
+             exports=exports)
+    console.print(f"pushed {m.name} v{m.version} to {m.hub['repo_id']} at commit {m.hub['revision']}")
+
+
+@registry_app.command("pull")
+def registry_pull(
+    repo: str = typer.Argument(..., help="ORG/NAME or ORG/NAME@REVISION (branch, tag or commit)"),
+    name: Optional[str] = typer.Option(None, help="register under this name (default: the pushed name)"),
+    version: Optional[str] = typer.Option(None, help="register as this version (default: hub-<commit>)"),
+    lazy: bool = typer.Option(False, "--lazy", help="record it now, download the weights on first use"),
+    registry: Optional[Path] = typer.Option(None),
+):
+    """Register a module pushed with `xtl registry push`, pinned to one commit."""
+    from .hub import pull
+
+    m = pull(_registry(registry), repo, name=name, version=version, lazy=lazy)
+    how = "recorded (weights fetched on first use)" if (m.hub or {}).get("lazy") else "pulled"
+    console.print(f"{how} {m.name} v{m.version} from {m.hub['repo_id']}@{m.hub['revision']}")
+
+
+@registry_app.command("fetch")
+def registry_fetch(
+    name: str = typer.Argument(...),
+    version: Optional[str] = typer.Option(None),
+    registry: Optional[Path] = typer.Option(None),
+):
+    """Download the weights of a module pulled with --lazy now (instead of on first use)."""
+    m = _registry(registry).materialize(name, version)
+    console.print(f"{m.name} v{m.version} is complete")
+
+
+@registry_app.command("import")
+def registry_import(
+    source: str = typer.Argument(..., help="folder saved by peft or adapters, or a Hub repo ORG/NAME[@REVISION]"),
+    task: str = typer.Option(..., help="the task the module is for (catalog name or task YAML)"),
+    name: Optional[str] = typer.Option(None, help="registry name (default: the folder or repo name)"),
+    backbone: Optional[str] = typer.Option(None, help="backbone it belongs to (default: the adapter config's "
+                                           "base model)"),
+    quantization: str = typer.Option("none"),
+    head: bool = typer.Option(True, help="import the folder's task head, when it has one"),
+    subfolder: Optional[str] = typer.Option(None, help="folder of the adapter inside the folder or repo"),
+    registry: Optional[Path] = typer.Option(None),
+    device: Optional[str] = typer.Option(None),
+):
+    """Register a LoRA saved by peft or a bottleneck adapter saved by adapters as a task module."""
+    from .backbone import load_backbone
+    from .errors import XtlError
+    from .interop import import_module, read_folder
+    from .tasks import get_task
+
+    get_task(task)  # a bad task fails before any loading
+    if backbone is None:
+        local = Path(source).expanduser() / (subfolder or "")
+        base = read_folder(local).base_model if local.is_dir() else None
+        if not base:
+            raise XtlError("the adapter does not name its base model", where="--backbone",
+                           fix="pass --backbone (xlmr-e5-small, a Hub id or a folder)")
+        backbone = base
+    bb = load_backbone(backbone, quantization, device)
+    m = import_module(_registry(registry), source, task=task, backbone=bb, name=name, include_head=head,
+                      subfolder=subfolder)
+    imported = m.model_extra.get("imported", {}) if m.model_extra else {}
+    console.print(f"imported {m.name} v{m.version} ({m.method} {m.method_config}) from {imported.get('library')}; "
+                  + ("with its task head" if m.head else "no task head (retrieval, or train one with --init-from)"))
+
+
+@registry_app.command("export")
+def registry_export(
+    name: str = typer.Argument(...),
+    out_dir: Path = typer.Argument(..., help="folder to write (new or empty)"),
+    fmt: str = typer.Option(..., "--format", help="peft (LoRA modules) | adapters (bottleneck modules)"),
+    version: Optional[str] = typer.Option(None),
+    base_model: Optional[str] = typer.Option(None, help="base model id to record (default: the backbone's)"),
+    adapter_name: Optional[str] = typer.Option(None, help="adapters: the adapter's name (default: from NAME)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty OUT_DIR"),
+    registry: Optional[Path] = typer.Option(None),
+):
+    """Write a module as a folder peft (`PeftModel.from_pretrained`) or adapters (`load_adapter`) loads."""
+    from .interop import export_module
+
+    out = export_module(_registry(registry), name, out_dir, fmt=fmt, version=version, base_model=base_model,
+                        adapter_name=adapter_name, overwrite=overwrite)
+    console.print(f"exported {name} to {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")

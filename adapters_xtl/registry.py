@@ -21,6 +21,10 @@ Guarantees:
   backbone fingerprint differs from the one a run uses, unless explicitly allowed.
 - Weights are safetensors only: nothing is ever unpickled.
 - Names and versions are validated so that nothing is read or written outside the root.
+- A version pulled from the Hub with `--lazy` is a *stub*: manifest.json + README.md, with
+  `hub: {repo_id, revision, lazy: true}` and the sha256 of the files still on the Hub. `load`
+  (or `materialize`) downloads them from that pinned commit, checks each hash, moves them in
+  atomically and drops `lazy`; `verify` treats a stub's absent files as expected.
 """
 
 from __future__ import annotations
@@ -110,6 +114,12 @@ def _check_file_name(fn: Any, where: str) -> str:
             fix="use a plain file name (letters, digits, '.', '_', '-'; no folders, no '..')",
         )
     return fn
+
+
+def is_stub(manifest: Manifest) -> bool:
+    """True for a version pulled with `--lazy`: its files are fetched from the Hub on first load."""
+    hub = manifest.hub or {}
+    return bool(hub.get("lazy")) and bool(hub.get("repo_id")) and bool(hub.get("revision"))
 
 
 def version_key(version: str) -> tuple[int, int, str]:
@@ -379,6 +389,8 @@ class Registry:
                 where=f"{vdir / MANIFEST}: files",
                 fix="re-save the module through Registry.save (or re-pull it), which records the hashes",
             )
+        if is_stub(m) and self.missing_files(m):
+            m = self.materialize(m.name, m.version)
         weights_bytes = b""
         for fn, expected in m.files.items():
             data = self._read_verified(vdir, fn, expected)
@@ -664,6 +676,177 @@ class Registry:
             _atomic_write(vdir / MANIFEST, (m.model_dump_json(indent=2) + "\n").encode())
         return m
 
+    # -- Hub: stubs, materialisation, provenance ------------------------------------------------
+
+    def missing_files(self, manifest: Manifest) -> list[str]:
+        """Files the manifest lists that are not (yet) in the version folder."""
+        vdir = self.root / check_name(manifest.name) / check_version(manifest.version)
+        return [fn for fn in manifest.files
+                if not (vdir / _check_file_name(fn, where=f"{vdir / MANIFEST}: files")).is_file()]
+
+    def _replace_manifest(self, vdir: Path, m: Manifest) -> Manifest:
+        """Under the lock: re-render a generated card for `m`, then replace manifest.json atomically."""
+        from .card import GENERATED_MARKER, render_card
+
+        files = dict(m.files)
+        readme_path = vdir / README
+        try:
+            old_card = readme_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            old_card = None
+        if old_card is None or GENERATED_MARKER in old_card:  # hand-written cards are kept
+            _atomic_write(readme_path, render_card(m).encode("utf-8"))
+            files[README] = sha256_file(readme_path)
+        m = m.model_copy(update={"files": files})
+        _atomic_write(vdir / MANIFEST, (m.model_dump_json(indent=2) + "\n").encode())
+        return m
+
+    def set_hub(self, name: str, version: str | int | None, hub: Mapping[str, Any] | None) -> Manifest:
+        """Record where a version lives on the Hub (`{repo_id, revision}`) in its manifest and card."""
+        name = check_name(name)
+        with self._lock():
+            m = self.manifest(name, version)
+            m = m.model_copy(deep=True, update={"hub": dict(hub) if hub else None})
+            m = self._replace_manifest(self.root / m.name / m.version, m)
+            self._update_index(put=m)
+        return m
+
+    def save_stub(self, manifest: Manifest, *, card: str | None = None, version: str | int | None = None) -> Manifest:
+        """Register a version whose files stay on the Hub until first use (`xtl registry pull --lazy`).
+
+        `manifest.hub` names the repo and its pinned commit (`{repo_id, revision}`, revision = 40 hex
+        digits) and `manifest.files` the sha256 of every file there (weights included). Only
+        manifest.json and README.md are written now; `load` (or `materialize`) downloads the rest,
+        checks each file against its recorded sha256 and moves it in. The manifest then says
+        `hub: {repo_id, revision, lazy: true}` until the files are local.
+        """
+        from .card import render_card
+        from .hub import check_repo_id, check_sha
+
+        if not isinstance(manifest, Manifest):
+            raise XtlError(f"expected a Manifest, got {type(manifest).__name__}", where="Registry.save_stub",
+                           fix="build an adapters_xtl.manifest.Manifest")
+        name = check_name(manifest.name)
+        if version is not None:
+            version = check_version(version)
+        hub = dict(manifest.hub or {})
+        hub["repo_id"] = check_repo_id(hub.get("repo_id"))
+        hub["revision"] = check_sha(hub.get("revision"))
+        hub["lazy"] = True
+        files: dict[str, str] = {}
+        for fn, digest in manifest.files.items():
+            _check_file_name(fn, where="Registry.save_stub(manifest.files)")
+            if fn == README:
+                continue  # written here
+            if fn == MANIFEST or fn == OWNER:
+                raise XtlError(f"manifest files lists the reserved name {fn!r}", where="Registry.save_stub")
+            if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise XtlError(f"files[{fn!r}] is not a sha256 hex digest", where="Registry.save_stub",
+                               fix="the Hub manifest is damaged; push the module again")
+            files[fn] = digest
+        if WEIGHTS not in files:
+            raise XtlError(f"manifest lists no sha256 for {WEIGHTS}", where="Registry.save_stub",
+                           fix="the Hub manifest is damaged; push the module again")
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            _write_file(tmp / OWNER, json.dumps(
+                {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}).encode())
+            with self._lock():
+                if version is None:
+                    final_version = self._next_version(name)
+                else:
+                    final_version = version
+                    if (self.root / name / final_version).exists():
+                        raise XtlError(
+                            f"module {name!r} already has version {final_version!r}",
+                            where=str(self.root / name / final_version),
+                            fix="pass another --name/--version, or remove that version first",
+                        )
+                m = manifest.model_copy(deep=True, update={"version": final_version, "files": files, "hub": hub})
+                m = Manifest.model_validate(m.model_dump())
+                readme = card if card is not None else render_card(m)
+                _write_file(tmp / README, readme.encode("utf-8"))
+                m = m.model_copy(update={"files": {**files, README: sha256_file(tmp / README)}})
+                _write_file(tmp / MANIFEST, (m.model_dump_json(indent=2) + "\n").encode())
+                (tmp / OWNER).unlink()
+                (self.root / name).mkdir(exist_ok=True)
+                os.rename(tmp, self.root / name / final_version)
+                self._update_index(put=m)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return m
+
+    def materialize(
+        self,
+        name: str,
+        version: str | int | None = None,
+        *,
+        token: str | None = None,
+        endpoint: str | None = None,
+    ) -> Manifest:
+        """Download the missing files of a stub from its pinned Hub revision; a no-op otherwise.
+
+        Every file is checked against the sha256 in the manifest before it is moved in (one
+        atomic rename each, under the lock); the manifest then drops `hub.lazy`.
+        """
+        from safetensors import safe_open
+
+        from .hub import download_files
+
+        m = self.manifest(name, version)
+        if not is_stub(m):
+            return m
+        vdir = self.root / m.name / m.version
+        missing = self.missing_files(m)
+        tmp = self.root / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+        tmp.mkdir(parents=True)
+        try:
+            _write_file(tmp / OWNER, json.dumps(
+                {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}).encode())
+            got: dict[str, Path] = {}
+            if missing:
+                log.info("fetching %s from %s@%s", ", ".join(missing), m.hub["repo_id"], m.hub["revision"])
+                got = download_files(m.hub["repo_id"], m.hub["revision"], missing, tmp / "download",
+                                     token=token, endpoint=endpoint)
+                for fn in missing:
+                    actual = sha256_file(got[fn])
+                    if actual != m.files[fn]:
+                        raise XtlError(
+                            f"sha256 mismatch for {fn} from {m.hub['repo_id']}@{m.hub['revision'][:12]}: got "
+                            f"{actual[:16]}…, {MANIFEST} records {m.files[fn][:16]}…",
+                            where=str(vdir / MANIFEST),
+                            fix="the Hub copy is not the one this stub was made from; pull the module again",
+                        )
+                    _fsync_file(got[fn])
+                if WEIGHTS in got:
+                    try:
+                        with safe_open(str(got[WEIGHTS]), framework="pt"):
+                            pass
+                    except Exception as e:
+                        raise XtlError(f"{WEIGHTS} from the Hub is not a valid safetensors file ({e})",
+                                       where=f"{m.hub['repo_id']}@{m.hub['revision']}",
+                                       fix="push the module again") from None
+            with self._lock():
+                current = self.manifest(m.name, m.version)
+                for fn in missing:
+                    if current.files.get(fn) != m.files[fn]:
+                        raise XtlError(f"{MANIFEST} changed while {fn} was downloading", where=str(vdir / MANIFEST),
+                                       fix="run the command again")
+                    if not (vdir / fn).is_file():
+                        os.replace(got[fn], vdir / fn)
+                if not is_stub(current):
+                    return current
+                hub = {k: v for k, v in (current.hub or {}).items() if k != "lazy"}
+                m = self._replace_manifest(vdir, current.model_copy(deep=True, update={"hub": hub}))
+                self._update_index(put=m)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return m
+
     def remove(self, name: str, version: str | int | None = None) -> list[str]:
         """Delete one version (or every version when None); returns the removed versions."""
         name = check_name(name)
@@ -826,6 +1009,8 @@ class Registry:
                 continue
             path = vdir / fn
             if not path.is_file():
+                if is_stub(m):  # fetched from the Hub on first load
+                    continue
                 problems.append(f"{path}: missing (listed in {MANIFEST})")
                 ok = False
             elif sha256_file(path) != expected:
