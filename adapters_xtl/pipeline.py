@@ -16,6 +16,7 @@ from .evaluate import append_results, evaluate, result_rows
 from .manifest import Manifest, library_versions
 from .methods import get_method
 from .methods.base import count_parameters
+from .compose import Composition, ComposedState, setup as compose_setup
 from .model import TaskModel, attach_new, attach_saved, slot_name, split_weights
 from .registry import Registry
 from .tasks import TaskSpec, get_task
@@ -38,8 +39,8 @@ def default_main_metric(spec: TaskSpec) -> str:
         from .formats.tagging import tagging_kind
 
         return "f1" if tagging_kind(spec) == "ner" else "accuracy"
-    return {"classification": "accuracy", "retrieval": "accuracy", "tagging": "f1",
-                                 "span_qa": "f1", "multiple_choice": "accuracy"}[spec.format]
+    return {"classification": "accuracy", "retrieval": "accuracy", "span_qa": "f1",
+            "multiple_choice": "accuracy"}[spec.format]
 
 
 def load_module_into(backbone: Backbone, registry: Registry, name: str, *, version: str | None = None,
@@ -56,6 +57,45 @@ def load_module_into(backbone: Backbone, registry: Registry, name: str, *, versi
     return man, slot, head_w
 
 
+def _split_all(tensors: dict) -> tuple[dict, dict, dict]:
+    module_w, head_w = split_weights(tensors)
+    extra = {k: v for k, v in tensors.items() if k.startswith("fusion.")}
+    return module_w, head_w, extra
+
+
+def compose_into(backbone: Backbone, registry: Registry, comp: Composition, method: str, target_slot: str,
+                 target_config: dict, *, allow_backbone_mismatch: bool = False) -> tuple[ComposedState, list[Manifest]]:
+    """Load a composition's intermediate modules from the registry and arrange them around the
+    (already added) target slot. Checks that the modules fit together before anything trains."""
+    mans, slots = [], []
+    for ref in comp.modules:  # check every module before loading any
+        name, _, version = ref.partition("@")
+        man = registry.manifest(name, version or None)
+        if man.method != method:
+            raise XtlError(f"intermediate module {ref!r} is {man.method}; the target module is {method}",
+                           where="composition", fix="compose modules of one method (train the intermediate with it)")
+        if comp.kind in ("fuse", "merge") and method == "lora" and \
+                man.method_config.get("target_modules") != target_config.get("target_modules"):
+            raise XtlError(f"{comp.kind} needs LoRA modules on the same layers: {ref!r} targets "
+                           f"{man.method_config.get('target_modules')}, the target {target_config.get('target_modules')}",
+                           where="composition", fix="train them with the same target_modules")
+        if comp.kind == "continue" and man.method_config != target_config:
+            raise XtlError(f"cannot continue from {ref!r}: it is {man.method} {man.method_config}, "
+                           f"the target is {method} {target_config}", where="composition",
+                           fix="use the same method and method_config")
+    for ref in comp.modules:
+        name, _, version = ref.partition("@")
+        man, slot, _ = load_module_into(backbone, registry, name, version=version or None,
+                                        allow_backbone_mismatch=allow_backbone_mismatch)
+        mans.append(man)
+        slots.append(slot)
+    if comp.kind == "continue":
+        m = get_method(method)
+        m.load_state_dict(backbone, target_slot, m.state_dict(backbone, slots[0]))
+    state = compose_setup(backbone, comp, method, target_slot, slots, target_config.get("target_modules"))
+    return state, mans
+
+
 def train_module(
     backbone: Backbone,
     task: str | TaskSpec,
@@ -65,6 +105,7 @@ def train_module(
     method_config: dict[str, Any] | None = None,
     train_config: TrainConfig | None = None,
     registry: Registry | None = None,
+    composition: Composition | dict | None = None,
     init_from: str | None = None,
     eval_languages: list[str] | None = None,
     eval_limit: int | None = None,
@@ -73,19 +114,21 @@ def train_module(
     checkpoint_dir: Path | None = None,
     recipe_hash: str | None = None,
     progress=None,
-    keep_loaded: bool = False,
     extra_manifest: dict[str, Any] | None = None,
 ) -> TrainedModule:
-    """Train one module on the task's English data, score it on every language, register it.
+    """Train one module on the task's English data (on top of a composition of frozen
+    intermediate modules), score it on every language, register it.
 
-    `init_from` names a registry module of the same method and config to start from (the
-    STILTs `continue` composition); its head is not reused.
+    `init_from=NAME` is shorthand for `composition={"kind": "continue", "modules": [NAME]}`.
     """
     spec = task if isinstance(task, TaskSpec) else get_task(task)
     cfg = train_config or TrainConfig(**spec.defaults.get("train", {}))
-    m = get_method(method)
-    mcfg = m.make_config(method_config)
+    method_obj = get_method(method)
+    mcfg = method_obj.make_config(method_config)
     registry = registry or Registry()
+    if init_from:
+        composition = {"kind": "continue", "modules": [init_from]}
+    comp = composition if isinstance(composition, Composition) else Composition.from_dict(composition)
     if not model_format_trainable(spec):
         raise XtlError(f"task {spec.name!r} ({spec.format}) has no training", where="task",
                        fix="retrieval tasks evaluate a module directly: use `xtl eval`")
@@ -97,20 +140,15 @@ def train_module(
     dev_ex = load_examples(train_task, dev_split, train_task.train_language, data_dir, limit=cfg.eval_examples) if dev_split else None
 
     slot = slot_name(f"{name}_training")
-    method_obj = get_method(method)
     method_obj.remove(backbone, slot)
+    from .train import set_seed
+
+    set_seed(cfg.seed)  # the seed decides the module's and the head's initialisation too
     attach_new(backbone, method, mcfg, slot)
+    state = None
     try:
-        if init_from:
-            src, src_tensors = registry.load(init_from, expect_backbone=backbone.fingerprint)
-            if src.method != method or src.method_config != mcfg.model_dump():
-                raise XtlError(
-                    f"cannot continue from {init_from!r}: it is {src.method} {src.method_config}, "
-                    f"this module is {method} {mcfg.model_dump()}",
-                    where="init_from", fix="use the same method and method_config",
-                )
-            method_obj.load_state_dict(backbone, slot, split_weights(src_tensors)[0])
-        method_obj.activate(backbone, [slot], trainable=[slot])
+        state, inter_mans = compose_into(backbone, registry, comp, method, slot, mcfg.model_dump())
+        state.activate(backbone, train=True)
         model = TaskModel(backbone, spec)
         fmt = model.format
         tok = backbone.tokenizer
@@ -118,16 +156,20 @@ def train_module(
         dev_feats = fmt.encode(dev_ex, spec, tok, train=False) if dev_ex else None
         trainable = {f"module.{n}": p for n, p in method_obj.named_parameters(backbone, slot).items()}
         trainable.update({f"head.{n}": p for n, p in model.head.named_parameters()})
+        trainable.update(state.extra_parameters(backbone))
         for p in trainable.values():
             p.requires_grad_(True)
         n_train = count_parameters(trainable.values())
         total = backbone.total_params() + count_parameters(model.head.parameters())
         result = train(model, trainable, train_feats, dev_feats, dev_ex, cfg, checkpoint_dir=checkpoint_dir,
                        main_metric=default_main_metric(spec), progress=progress, description=name)
+        state.activate(backbone, train=False)
         scores = evaluate(model, spec, eval_languages, data_dir=data_dir, limit=eval_limit)
-        weights = {n: p.detach().cpu() for n, p in trainable.items() if n.startswith("head.")}
-        module_sd = method_obj.state_dict(backbone, slot)
-        weights.update({f"module.{k}": v for k, v in module_sd.items()})
+        weights = {n: p.detach().cpu() for n, p in trainable.items() if not n.startswith("module.")}
+        weights.update({f"module.{k}": v for k, v in method_obj.state_dict(backbone, slot).items()})
+        comp_record = comp.to_dict()
+        if comp.modules:
+            comp_record["modules"] = [f"{m.name}@{m.version}" for m in inter_mans]
         manifest = Manifest(
             name=name,
             task=spec.name,
@@ -135,7 +177,7 @@ def train_module(
             method=method,
             method_config=mcfg.model_dump(),
             head=fmt.head_config(spec),
-            composition={"kind": "continue", "from": init_from} if init_from else {"kind": "single"},
+            composition=comp_record,
             backbone=backbone.fingerprint,
             recipe_hash=recipe_hash,
             steps=cfg.steps,
@@ -151,13 +193,13 @@ def train_module(
         manifest = registry.save(manifest, weights)
         if results_path:
             append_results(results_path, result_rows(f"{manifest.name}@{manifest.version}", spec.name, scores,
-                                                     method=method, seed=cfg.seed, steps=cfg.steps))
+                                                     method=method, seed=cfg.seed, steps=cfg.steps,
+                                                     composition=comp.kind))
         return TrainedModule(manifest, result, scores, n_train, total)
     finally:
-        if not keep_loaded:
-            method_obj.remove(backbone, slot)
-        else:
-            method_obj.deactivate(backbone)
+        if state is not None:
+            state.teardown(backbone)
+        method_obj.remove(backbone, slot)
 
 
 def model_format_trainable(spec: TaskSpec) -> bool:
@@ -179,7 +221,8 @@ def evaluate_module(
     allow_backbone_mismatch: bool = False,
     update_registry: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """Score a registry module (or, with module=None, the bare backbone for retrieval)."""
+    """Score a registry module, with the composition it was trained in (or, with module=None,
+    the bare backbone for retrieval)."""
     spec = task if isinstance(task, TaskSpec) else get_task(task)
     registry = registry or Registry()
     t0 = time.perf_counter()
@@ -191,21 +234,43 @@ def evaluate_module(
         scores = evaluate(model, spec, languages, data_dir=data_dir, limit=limit)
         label = f"backbone:{backbone.fingerprint.model_id}"
     else:
-        man, slot, head_w = load_module_into(backbone, registry, module, allow_backbone_mismatch=allow_backbone_mismatch)
+        name, _, version = module.partition("@")
+        man, tensors = registry.load(name, version or None, expect_backbone=backbone.fingerprint,
+                                     allow_backbone_mismatch=allow_backbone_mismatch)
+        module_w, head_w, extra_w = _split_all(tensors)
+        prefix = f"heads.{spec.name}."  # a multi-task module keeps one head per task
+        if not head_w and any(k.startswith(prefix) for k in tensors):
+            head_w = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        comp = Composition.from_dict(man.composition)
+        if comp.kind == "continue":  # the weights already hold what was continued from
+            comp = Composition()
         method_obj = get_method(man.method)
-        method_obj.activate(backbone, [slot], trainable=[])
+        slot = slot_name(f"{man.name}_v{man.version}_eval")
+        method_obj.remove(backbone, slot)
+        attach_saved(backbone, man.method, man.method_config, module_w, slot)
+        state = None
         try:
+            state, _ = compose_into(backbone, registry, comp, man.method, slot, man.method_config,
+                                    allow_backbone_mismatch=allow_backbone_mismatch)
+            if extra_w:
+                state.load_extra(backbone, extra_w)
+            state.activate(backbone, train=False)
             model = TaskModel(backbone, spec)
             if spec.format != "retrieval":
-                if man.task != spec.name and man.head.get("labels") != (spec.labels and list(spec.labels)):
+                if man.task != spec.name and spec.name not in man.head.get("tasks", []) and \
+                        man.head.get("labels") != (spec.labels and list(spec.labels)):
                     raise XtlError(
                         f"module {module!r} was trained on {man.task!r}; its head does not fit task {spec.name!r}",
                         where="--task", fix=f"evaluate it on {man.task!r} or a task with the same labels",
                     )
+                if not head_w:
+                    raise XtlError(f"module {module!r} has no task head (imported without one?)", where="--module",
+                                   fix="train a head for it: use it as an intermediate module in `xtl train`/a recipe")
                 model.head.load_state_dict(head_w)
             scores = evaluate(model, spec, languages, data_dir=data_dir, limit=limit)
         finally:
-            method_obj.deactivate(backbone)
+            if state is not None:
+                state.teardown(backbone)
             method_obj.remove(backbone, slot)
         label = f"{man.name}@{man.version}"
         if update_registry and spec.name == man.task:

@@ -12,25 +12,52 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import XtlError, did_you_mean
 from .manifest import config_hash
 
-COMPOSITIONS = ("single", "continue")
+COMPOSITIONS = ("single", "stack", "fuse", "merge", "continue")
 
 
 class IntermediateSpec(BaseModel):
+    """One intermediate module: a task, or a multi-task mix (`multitask: [t1, t2, ...]`)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    task: str
+    task: str | None = None
+    multitask: list[str] | None = None
+    sampling: Literal["proportional", "uniform"] = "proportional"  # multitask batch sampling
+    cap: int | None = None  # multitask: examples per task at most (caps proportional sampling)
     steps: int | None = None  # overrides recipe.train.steps
     train: dict[str, Any] = Field(default_factory=dict)
-    name: str | None = None  # registry name; default <task>-<method>-s<steps>-seed<seed>
+    name: str | None = None  # registry name; default <task>-<method>-<config hash>
+
+    @model_validator(mode="after")
+    def _one(self):
+        if bool(self.task) == bool(self.multitask):
+            raise ValueError("an intermediate names either `task` or `multitask: [tasks]`")
+        if self.multitask and len(self.multitask) < 2:
+            raise ValueError("`multitask` mixes two or more tasks")
+        return self
 
     @property
     def label(self) -> str:
-        return self.name or self.task
+        return self.name or self.task or "+".join(self.multitask)
+
+
+class CompositionSpec(BaseModel):
+    """A composition in a recipe: a kind, and for fuse/merge which intermediates (default: all)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["single", "stack", "fuse", "merge", "continue"]
+    modules: list[str] | None = None  # intermediate labels (task names or names given)
+    how: Literal["linear", "ties", "dare_linear", "dare_ties"] = "linear"
+    density: float = 0.5
+    weights: list[float] | None = None
 
 
 class TargetSpec(BaseModel):
@@ -57,17 +84,34 @@ class Recipe(BaseModel):
     train: dict[str, Any] = Field(default_factory=dict)  # TrainConfig fields, defaults for all
     intermediate: list[IntermediateSpec] = Field(default_factory=list)
     targets: list[TargetSpec] = Field(default_factory=list)
-    compositions: list[str] = Field(default_factory=lambda: ["single"])
+    compositions: list[CompositionSpec] = Field(default_factory=lambda: [CompositionSpec(kind="single")])
     reuse_registry: bool = True
     file: str | None = None
 
-    @field_validator("compositions")
+    @field_validator("compositions", mode="before")
     @classmethod
     def _known(cls, v):
-        for c in v:
-            if c not in COMPOSITIONS:
-                raise ValueError(f"unknown composition {c!r}; {did_you_mean(c, COMPOSITIONS)}")
-        return v
+        out = []
+        for c in v or []:
+            if isinstance(c, str):
+                if c not in COMPOSITIONS:
+                    raise ValueError(f"unknown composition {c!r}; {did_you_mean(c, COMPOSITIONS)}")
+                c = {"kind": c}
+            out.append(c)
+        return out
+
+    @model_validator(mode="after")
+    def _refs(self):
+        labels = [i.label for i in self.intermediate]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"intermediate labels must be unique (give `name:`): {labels}")
+        for c in self.compositions:
+            for m in c.modules or []:
+                if m not in labels:
+                    raise ValueError(f"composition {c.kind} names {m!r}, not an intermediate; {did_you_mean(m, labels)}")
+            if c.kind != "single" and not self.intermediate:
+                raise ValueError(f"composition {c.kind!r} needs intermediate modules")
+        return self
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
@@ -121,10 +165,13 @@ class ModuleJob(BaseModel):
     """An intermediate module the plan needs: its registry identity and how to train it."""
 
     name: str
-    task: str
+    task: str  # a task name, or "mt:" + "+".join(tasks) for a multi-task module
     seed: int
     train: dict[str, Any]
     key: str
+    multitask: list[str] | None = None
+    sampling: str = "proportional"
+    cap: int | None = None
 
 
 class Cell(BaseModel):
@@ -132,7 +179,8 @@ class Cell(BaseModel):
 
     key: str
     target: str
-    composition: str
+    composition: str  # kind
+    composition_spec: dict[str, Any] = Field(default_factory=dict)  # compose.Composition (modules filled)
     intermediates: list[str]  # ModuleJob names
     seed: int
     languages: list[str] | None
@@ -162,7 +210,8 @@ def expand(recipe: Recipe) -> Plan:
     mcfg = method.make_config(recipe.method_config, where=f"{recipe.file}: method_config").model_dump()
     base = {"backbone": recipe.backbone, "quantization": recipe.quantization, "method": recipe.method,
             "method_config": mcfg}
-    for t in [i.task for i in recipe.intermediate] + [t.task for t in recipe.targets]:
+    tasks = [t for i in recipe.intermediate for t in (i.multitask or [i.task])] + [t.task for t in recipe.targets]
+    for t in tasks:
         get_task(t)  # unknown task: fail at plan time
     for t in recipe.targets:
         spec = get_task(t.task)
@@ -174,9 +223,16 @@ def expand(recipe: Recipe) -> Plan:
             tr = {**recipe.train, **inter.train, "seed": seed}
             if inter.steps:
                 tr["steps"] = inter.steps
-            key = config_hash({**base, "task": inter.task, "train": tr})
-            name = inter.name or f"{inter.task}-{recipe.method}-{key[:8]}"
-            modules[(inter.label, seed)] = ModuleJob(name=name, task=inter.task, seed=seed, train=tr, key=key)
+            what = {"task": inter.task} if inter.task else {"multitask": inter.multitask, "sampling": inter.sampling,
+                                                             "cap": inter.cap}
+            key = config_hash({**base, **what, "train": tr})
+            stem = get_task(inter.task).name if inter.task else "mt-" + "-".join(get_task(t).name for t in inter.multitask)
+            name = f"{inter.name}-seed{seed}" if inter.name and len(recipe.seeds) > 1 else inter.name
+            name = name or f"{stem}-{recipe.method}-{key[:8]}"
+            modules[(inter.label, seed)] = ModuleJob(
+                name=name, task=inter.task or "mt:" + "+".join(inter.multitask), seed=seed, train=tr, key=key,
+                multitask=inter.multitask, sampling=inter.sampling, cap=inter.cap)
+    labels = [i.label for i in recipe.intermediate]
     cells = []
     for target in recipe.targets:
         for seed in recipe.seeds:
@@ -184,17 +240,24 @@ def expand(recipe: Recipe) -> Plan:
             if target.steps:
                 tr["steps"] = target.steps
             for comp in recipe.compositions:
-                groups = [[]] if comp == "single" else [[i.label] for i in recipe.intermediate]
+                if comp.kind == "single":
+                    groups = [[]]
+                elif comp.kind in ("stack", "continue"):
+                    groups = [[m] for m in (comp.modules or labels)]
+                else:  # fuse, merge: all (or the listed) intermediates together
+                    groups = [comp.modules or labels]
                 for group in groups:
                     inter_jobs = [modules[(g, seed)] for g in group]
-                    resolved = {**base, "target": target.task, "composition": comp,
-                                "intermediates": [j.key for j in inter_jobs], "train": tr,
-                                "languages": target.languages, "eval_limit": target.eval_limit}
+                    spec = {"kind": comp.kind, "modules": [j.name for j in inter_jobs]}
+                    if comp.kind == "merge":
+                        spec["merge"] = {"how": comp.how, "density": comp.density, "weights": comp.weights, "seed": seed}
+                    resolved = {**base, "target": target.task, "composition": {**spec, "modules": [j.key for j in inter_jobs]},
+                                "train": tr, "languages": target.languages, "eval_limit": target.eval_limit}
                     key = config_hash(resolved)
                     cells.append(Cell(
-                        key=key, target=target.task, composition=comp,
+                        key=key, target=target.task, composition=comp.kind, composition_spec=spec,
                         intermediates=[j.name for j in inter_jobs], seed=seed, languages=target.languages,
-                        eval_limit=target.eval_limit, train=tr, name=f"{target.task}-{comp}-{key[:8]}",
+                        eval_limit=target.eval_limit, train=tr, name=f"{get_task(target.task).name}-{comp.kind}-{key[:8]}",
                     ))
     return Plan(recipe=recipe, modules=list(modules.values()), cells=cells,
                 recipe_hash=config_hash(recipe.model_dump(exclude={"file"})))

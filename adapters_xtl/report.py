@@ -9,6 +9,7 @@ languages.
 from __future__ import annotations
 
 import csv
+import re
 import io
 import statistics
 from collections import defaultdict
@@ -65,6 +66,20 @@ def score_table(rows: list[dict]) -> dict:
                     t["avg"] = (statistics.fmean(zs), 0.0, len(zs))
         out[target] = {"languages": langs + ["avg"], "rows": table, "gain": gain, "metric": main_metric(target)}
     return out
+
+
+def xtreme_averages(tables: dict) -> dict:
+    """Per (composition, intermediate): each target's mean over languages and the mean over
+    targets, for rows present in every target (XTREME's overall score)."""
+    targets = list(tables)
+    keys = set.intersection(*(set(t["rows"]) for t in tables.values())) if tables else set()
+    rows = {}
+    for k in sorted(keys, key=lambda k: (k[0] != "single", k)):
+        vals = {t: tables[t]["rows"][k]["avg"][0] for t in targets if "avg" in tables[t]["rows"][k]}
+        if len(vals) == len(targets):
+            vals["overall"] = sum(vals.values()) / len(vals)
+            rows[k] = vals
+    return {"targets": targets, "rows": rows} if len(targets) > 1 and rows else {}
 
 
 def _cell(v, signed=False) -> str:
@@ -131,11 +146,95 @@ def rich_tables(tables: dict):
     return out
 
 
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def heatmap(tables: dict, path: Path) -> Path | None:
+    """Intermediate (x composition) by target: mean gain over `single` across languages."""
+    rows = sorted({k for t in tables.values() for k, v in t["gain"].items() if v})
+    targets = [t for t in tables if any(tables[t]["gain"].values())]
+    if not rows or not targets:
+        return None
+    import numpy as np
+
+    plt = _plt()
+    data = np.full((len(rows), len(targets)), np.nan)
+    for j, t in enumerate(targets):
+        for i, k in enumerate(rows):
+            g = tables[t]["gain"].get(k, {})
+            if "avg" in g:
+                data[i, j] = g["avg"][0]
+    lim = max(1e-6, float(np.nanmax(np.abs(data))))
+    labels = [f"{inter} ({comp})" for comp, inter in rows]
+    width = 2.5 + 0.075 * max(len(l) for l in labels) + 1.2 * len(targets)
+    fig, ax = plt.subplots(figsize=(width, 1.6 + 0.45 * len(rows)))
+    im = ax.imshow(data, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+    ax.set_xticks(range(len(targets)), targets, rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), labels)
+    for i in range(len(rows)):
+        for j in range(len(targets)):
+            if not np.isnan(data[i, j]):
+                ax.text(j, i, f"{data[i, j]:+.1f}", ha="center", va="center", fontsize=8)
+    fig.colorbar(im, ax=ax, label="gain (points)")
+    ax.set_title("gain over no intermediate\n(mean over languages)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def language_bars(tables: dict, run_dir: Path) -> list[Path]:
+    """Per target: gain per language for each (composition, intermediate)."""
+    import numpy as np
+
+    plt = _plt()
+    out = []
+    for target, t in tables.items():
+        groups = sorted(k for k, v in t["gain"].items() if v)
+        langs = [l for l in t["languages"] if l != "avg"]
+        if not groups:
+            continue
+        fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(langs) * max(1, len(groups) / 2)), 3.2))
+        w = 0.8 / len(groups)
+        for i, k in enumerate(groups):
+            vals = [t["gain"][k].get(l, (np.nan,))[0] for l in langs]
+            ax.bar(np.arange(len(langs)) + i * w, vals, w, label=f"{k[1]} ({k[0]})")
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(np.arange(len(langs)) + 0.4 - w / 2, langs)
+        ax.set_ylabel(f"gain in {t['metric']}")
+        ax.set_title(f"{target}: gain over no intermediate, per language")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        p = run_dir / f"gain_{re.sub(r'[^A-Za-z0-9._-]', '_', target)}.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        out.append(p)
+    return out
+
+
 def write_report(run_dir: Path, title: str | None = None) -> Path:
     rows = read_results(run_dir / "results.jsonl")
     tables = score_table(rows)
     note = XTL_NOTE_E5 if any("xlmr-e5-small" in str(r.get("backbone", "")) for r in rows) else None
     md = markdown(tables, title or f"Results: {run_dir.name}", note)
+    hm = heatmap(tables, run_dir / "heatmap.png")
+    bars = language_bars(tables, run_dir)
+    xtreme = xtreme_averages(tables)
+    if xtreme:
+        md += "\n## XTREME-style averages (task score = mean over languages; overall = mean over tasks)\n\n"
+        md += "| composition | intermediate | " + " | ".join(xtreme["targets"]) + " | overall |\n"
+        md += "|---|---|" + "---:|" * (len(xtreme["targets"]) + 1) + "\n"
+        for (comp, inter), vals in xtreme["rows"].items():
+            md += f"| {comp} | {inter} | " + " | ".join(f"{vals.get(t, float('nan')):.1f}" for t in xtreme["targets"])
+            md += f" | {vals['overall']:.1f} |\n"
+    if hm or bars:
+        md += "\n## Figures\n\n" + "".join(f"![{p.stem}]({p.name})\n" for p in ([hm] if hm else []) + bars)
     (run_dir / "report.md").write_text(md)
     (run_dir / "report.csv").write_text(csv_text(tables))
     return run_dir / "report.md"

@@ -112,14 +112,17 @@ def run_plan(plan: Plan, run_dir: Path, *, registry: Registry | None = None, bac
                 continue
             if recipe.reuse_registry and _find_module(registry, job, backbone.fingerprint):
                 continue
-            spec = get_task(job.task)
-            tm = train_module(
-                backbone, spec, name=job.name, method=recipe.method, method_config=recipe.method_config,
-                train_config=_train_config(job.train, f"{recipe.file}: intermediate {job.task}"),
-                registry=registry, data_dir=data_dir, recipe_hash=plan.recipe_hash, progress=progress,
-                eval_languages=[spec.train_language], checkpoint_dir=run_dir / "checkpoints" / job.name,
-                extra_manifest={"train_key": job.key},
-            )
+            common = dict(name=job.name, method=recipe.method, method_config=recipe.method_config,
+                          train_config=_train_config(job.train, f"{recipe.file}: intermediate {job.task}"),
+                          registry=registry, data_dir=data_dir, recipe_hash=plan.recipe_hash, progress=progress,
+                          checkpoint_dir=run_dir / "checkpoints" / job.name, extra_manifest={"train_key": job.key})
+            if job.multitask:
+                from .multitask import train_multitask_module
+
+                tm = train_multitask_module(backbone, job.multitask, sampling=job.sampling, cap=job.cap, **common)
+            else:
+                spec = get_task(job.task)
+                tm = train_module(backbone, spec, eval_languages=[spec.train_language], **common)
             console.print(f"  trained {tm.manifest.name}: {_fmt_scores(tm.scores)} in {tm.result.seconds:.0f}s")
 
         for cell in todo:
@@ -139,7 +142,8 @@ def run_plan(plan: Plan, run_dir: Path, *, registry: Registry | None = None, bac
                 tm = _run_training_cell(cell, plan, backbone, registry, data_dir, progress, run_dir, train_module)
                 scores, module_name = tm.scores, f"{tm.manifest.name}@{tm.manifest.version}"
             seconds = time.perf_counter() - t0
-            rows = [{"module": module_name, "task": cell.target, "language": lang, "metric": metric,
+            rows_extra["target"] = spec.name
+            rows = [{"module": module_name, "task": spec.name, "language": lang, "metric": metric,
                      "score": round(float(v), 4), **rows_extra}
                     for lang, ms in scores.items() for metric, v in ms.items()]
             append_results(results, rows)
@@ -153,11 +157,11 @@ def run_plan(plan: Plan, run_dir: Path, *, registry: Registry | None = None, bac
 
 def _run_training_cell(cell: Cell, plan: Plan, backbone, registry, data_dir, progress, run_dir, train_module):
     recipe = plan.recipe
-    init_from = cell.intermediates[0] if cell.composition == "continue" else None
     return train_module(
         backbone, cell.target, name=cell.name, method=recipe.method, method_config=recipe.method_config,
         train_config=_train_config(cell.train, f"{recipe.file}: target {cell.target}"), registry=registry,
-        init_from=init_from, eval_languages=cell.languages, eval_limit=cell.eval_limit, data_dir=data_dir,
+        composition=cell.composition_spec or {"kind": cell.composition, "modules": cell.intermediates},
+        eval_languages=cell.languages, eval_limit=cell.eval_limit, data_dir=data_dir,
         recipe_hash=plan.recipe_hash, progress=progress, checkpoint_dir=run_dir / "checkpoints" / cell.key,
         extra_manifest={"cell": cell.key},
     )

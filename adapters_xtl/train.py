@@ -88,6 +88,7 @@ def train(
     progress=None,
     description: str = "train",
     on_step=None,
+    batches_fn=None,
 ) -> TrainResult:
     """Train the parameters in `trainable` (name -> parameter); leave the best state loaded."""
     fmt = model.format
@@ -103,7 +104,8 @@ def train(
     def batches_of(epoch: int):
         if epoch not in epoch_batches:
             epoch_batches.clear()
-            epoch_batches[epoch] = length_bucketed_batches(lengths, micro, seed=cfg.seed * 1000 + epoch)
+            epoch_batches[epoch] = (batches_fn(epoch) if batches_fn else
+                                    length_bucketed_batches(lengths, micro, seed=cfg.seed * 1000 + epoch))
         return epoch_batches[epoch]
 
     n_batches = len(batches_of(0))

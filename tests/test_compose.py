@@ -1,0 +1,213 @@
+"""Compositions: the arithmetic of each kind on a toy layer, computed by hand, and each kind end
+to end (train on top of registry modules, re-evaluate from the registry) on a tiny XLM-R."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from adapters_xtl.backbone import Backbone, load_backbone
+from adapters_xtl.compose import Composition, MergeSpec, setup
+from adapters_xtl.errors import XtlError
+from adapters_xtl.manifest import BackboneFingerprint
+from adapters_xtl.methods import get_method
+from adapters_xtl.pipeline import compose_into, evaluate_module, train_module
+from adapters_xtl.train import TrainConfig
+
+from test_core import FAST, write_toy_task
+
+
+class Toy(torch.nn.Module):
+    def __init__(self, d=6):
+        super().__init__()
+        self.query = torch.nn.Linear(d, d)
+
+    def forward(self, x):
+        return self.query(x)
+
+
+def toy_backbone(d=6) -> Backbone:
+    torch.manual_seed(0)
+    return Backbone(model=Toy(d).eval(), tokenizer=None, source="toy", device=torch.device("cpu"),
+                    fingerprint=BackboneFingerprint(model_id="toy", weights_sha256="0"))
+
+
+def add_lora(bb, slot, r=2, alpha=4):
+    m = get_method("lora")
+    m.add(bb, slot, m.make_config({"r": r, "alpha": alpha, "dropout": 0.0, "target_modules": ["query"]}))
+    layer = bb.model.query
+    with torch.no_grad():
+        layer.lora_A[slot].weight.normal_()
+        layer.lora_B[slot].weight.normal_()
+    return layer
+
+
+def delta(layer, slot):
+    """The LoRA update of one slot as a matrix: s * B A."""
+    return layer.scaling[slot] * layer.lora_B[slot].weight @ layer.lora_A[slot].weight
+
+
+def test_comp_validation_and_json_round_trip():
+    c = Composition(kind="merge", modules=["a", "b"], merge=MergeSpec(how="ties", density=0.3))
+    assert Composition.from_dict(c.to_dict()) == c
+    for bad in ({"kind": "single", "modules": ["a"]}, {"kind": "stack"}, {"kind": "fuse", "modules": ["a"]},
+                {"kind": "continue", "modules": ["a", "b"]}, {"kind": "stack", "modules": ["a"], "merge": {}},
+                {"kind": "merge", "modules": ["a", "b"], "merge": {"weights": [1.0]}}):
+        with pytest.raises(ValueError):
+            Composition(**bad)
+
+
+def test_lora_stack_adds_frozen_and_target_deltas():
+    bb = toy_backbone()
+    layer = add_lora(bb, "i1")
+    add_lora(bb, "i2")
+    add_lora(bb, "t")
+    state = setup(bb, Composition(kind="stack", modules=["x", "y"]), "lora", "t", ["i1", "i2"])
+    state.activate(bb, train=True)
+    x = torch.randn(3, 6)
+    W, b = layer.base_layer.weight, layer.base_layer.bias
+    expected = x @ (W + delta(layer, "i1") + delta(layer, "i2") + delta(layer, "t")).T + b
+    assert torch.allclose(bb.model(x), expected, atol=1e-5)
+    grads = {n for n, p in bb.model.named_parameters() if p.requires_grad}
+    assert grads and all(".t." in n for n in grads)  # only the target trains
+
+
+def test_lora_fuse_is_attention_over_frozen_deltas():
+    bb = toy_backbone()
+    layer = add_lora(bb, "i1")
+    add_lora(bb, "i2")
+    add_lora(bb, "t")
+    state = setup(bb, Composition(kind="fuse", modules=["x", "y"], fusion_rank=3), "lora", "t", ["i1", "i2"])
+    state.activate(bb, train=True)
+    x = torch.randn(4, 6)
+    W, b = layer.base_layer.weight, layer.base_layer.bias
+    d = torch.stack([x @ delta(layer, "i1").T, x @ delta(layer, "i2").T])  # (2, 4, 6)
+    # K starts at zero: the attention is uniform, the fused delta is the mean of the deltas
+    start = x @ (W + delta(layer, "t")).T + b + d.mean(0)
+    assert torch.allclose(bb.model(x), start, atol=1e-5)
+    # with set projections: a = softmax_i((x Wq) . (d_i Wk) / sqrt(r))
+    (key,) = state.fusion.q.keys()
+    with torch.no_grad():
+        state.fusion.q[key].normal_()
+        state.fusion.k[key].normal_()
+    q = x @ state.fusion.q[key]
+    k = d @ state.fusion.k[key]
+    a = torch.softmax((k * q).sum(-1) / math.sqrt(3), dim=0)  # (2, 4)
+    expected = x @ (W + delta(layer, "t")).T + b + (a.unsqueeze(-1) * d).sum(0)
+    assert torch.allclose(bb.model(x), expected, atol=1e-5)
+    assert state.extra_parameters(bb) and all(p.requires_grad for p in state.extra_parameters(bb).values())
+    state.teardown(bb)
+    assert not layer._forward_hooks
+
+
+@pytest.mark.parametrize("how", ["linear", "ties", "dare_linear"])
+def test_lora_merge_merges_deltas_then_stacks(how):
+    from peft.utils import merge_utils
+
+    bb = toy_backbone()
+    layer = add_lora(bb, "i1")
+    add_lora(bb, "i2")
+    add_lora(bb, "t")
+    spec = MergeSpec(how=how, weights=[0.7, 0.3], density=0.5, seed=5)
+    state = setup(bb, Composition(kind="merge", modules=["x", "y"], merge=spec), "lora", "t", ["i1", "i2"],
+                  target_modules=["query"])
+    state.activate(bb, train=True)
+    x = torch.randn(3, 6)
+    W, b = layer.base_layer.weight, layer.base_layer.bias
+    deltas = [delta(layer, "i1"), delta(layer, "i2")]
+    w = torch.tensor([0.7, 0.3])
+    torch.manual_seed(5)
+    merged = {"linear": lambda: w[0] * deltas[0] + w[1] * deltas[1],
+              "ties": lambda: merge_utils.ties(deltas, w, 0.5),
+              "dare_linear": lambda: merge_utils.dare_linear(deltas, w, 0.5)}[how]()
+    # rank of the merged module = r1 + r2 = 4; linear (rank <= 4) is exact, others are the
+    # best rank-4 approximation (truncated SVD)
+    U, S, Vh = torch.linalg.svd(merged)
+    approx = (U[:, :4] * S[:4]) @ Vh[:4]
+    expected = x @ (W + approx + delta(layer, "t")).T + b
+    assert torch.allclose(bb.model(x), expected, atol=1e-4)
+    if how == "linear":
+        assert torch.allclose(approx, merged, atol=1e-5)
+
+
+def test_bottleneck_stack_is_sequential_and_fuse_is_adapterfusion(tiny_backbone_dir):
+    from adapters.composition import Fuse, Stack
+
+    bb = load_backbone(str(tiny_backbone_dir))
+    m = get_method("bottleneck")
+    for s in ("i1", "i2", "t"):
+        m.add(bb, s, m.make_config({}))
+    ids = torch.tensor([[0, 5, 6, 7, 2]])
+    with torch.no_grad():  # the intermediates do something; T starts as the identity (up = 0)
+        for n, p in bb.model.named_parameters():
+            if ".adapters." in n and "adapter_up" in n:
+                p.zero_() if ".adapters.t." in n else p.normal_(0, 0.5)
+    state = setup(bb, Composition(kind="stack", modules=["x"]), "bottleneck", "t", ["i1"])
+    state.activate(bb, train=True)
+    assert bb.model.active_adapters == Stack("i1", "t")
+    with_t_identity = bb.model(input_ids=ids).last_hidden_state
+    m.activate(bb, ["i1"], trainable=[])
+    alone = bb.model(input_ids=ids).last_hidden_state
+    # T's up-projection is zero: T is the identity, the stack equals I alone ...
+    assert torch.allclose(with_t_identity, alone, atol=1e-6)
+    # ... and once T does something, Stack(I, T) applies T to I's output (differs from either alone)
+    with torch.no_grad():
+        for n, p in bb.model.named_parameters():
+            if ".adapters.t." in n and "adapter_up" in n:
+                p.normal_(0, 0.5)
+    state.activate(bb, train=False)
+    stacked = bb.model(input_ids=ids).last_hidden_state
+    m.activate(bb, ["t"], trainable=[])
+    assert not torch.allclose(stacked, alone) and not torch.allclose(stacked, bb.model(input_ids=ids).last_hidden_state)
+    state.teardown(bb)
+
+    fuse = setup(bb, Composition(kind="fuse", modules=["x", "y"]), "bottleneck", "t", ["i1", "i2"])
+    fuse.activate(bb, train=True)
+    assert bb.model.active_adapters == Stack(Fuse("i1", "i2"), "t")
+    trainable = {n for n, p in bb.model.named_parameters() if p.requires_grad}
+    assert any("adapter_fusion_layer" in n for n in trainable)
+    assert all(".adapters.t." in n or "adapter_fusion_layer" in n for n in trainable)
+    assert set(fuse.extra_parameters(bb)) and all("__fusion__" in k for k in fuse.extra_parameters(bb))
+    fuse.teardown(bb)
+
+
+@pytest.mark.parametrize("method", ["lora", "bottleneck"])
+def test_every_kind_trains_on_registry_modules_and_reloads(tiny_backbone_dir, tmp_path, registry, method):
+    task = write_toy_task(tmp_path / "toy")
+    bb = load_backbone(str(tiny_backbone_dir))
+    for name in ("inter-a", "inter-b"):
+        train_module(bb, str(task), name=name, method=method, registry=registry, train_config=FAST)
+    kinds = [("single", []), ("stack", ["inter-a"]), ("fuse", ["inter-a", "inter-b"]), ("continue", ["inter-a"])]
+    if method == "lora":
+        kinds.append(("merge", ["inter-a", "inter-b"]))
+    for kind, mods in kinds:
+        tm = train_module(bb, str(task), name=f"t-{kind}", method=method, registry=registry, train_config=FAST,
+                          composition={"kind": kind, "modules": mods})
+        man = tm.manifest
+        assert man.composition["kind"] == kind
+        assert man.composition.get("modules", []) == [f"{m}@1" for m in mods]
+        if kind == "fuse":
+            assert any(k.startswith("fusion.") for k in registry.load(man.name)[1])
+        # re-evaluating from the registry rebuilds the composition and gives the same scores
+        again = evaluate_module(bb, man.name, str(task), registry=registry, update_registry=False)
+        for lang, ms in tm.scores.items():
+            assert again[lang] == pytest.approx(ms), (kind, lang)
+        assert not any(p.requires_grad for p in bb.model.parameters())
+
+
+def test_composition_refuses_mixed_methods_and_mismatched_continue(tiny_backbone_dir, tmp_path, registry):
+    task = write_toy_task(tmp_path / "toy")
+    bb = load_backbone(str(tiny_backbone_dir))
+    train_module(bb, str(task), name="r8", method="lora", registry=registry, train_config=FAST)
+    with pytest.raises(XtlError, match="cannot continue from 'r8'"):
+        train_module(bb, str(task), name="t", method="lora", method_config={"r": 4}, registry=registry,
+                     train_config=FAST, init_from="r8")
+    with pytest.raises(XtlError, match="same target_modules"):
+        train_module(bb, str(task), name="t", method="lora", method_config={"target_modules": ["query"]},
+                     registry=registry, train_config=FAST, composition={"kind": "fuse", "modules": ["r8", "r8"]})
+    bb2 = load_backbone(str(tiny_backbone_dir))
+    with pytest.raises(XtlError, match="is lora; the target module is bottleneck"):
+        train_module(bb2, str(task), name="t", method="bottleneck", registry=registry, train_config=FAST,
+                     composition={"kind": "stack", "modules": ["r8"]})
