@@ -239,7 +239,10 @@ def expand(recipe: Recipe) -> Plan:
             tr = {**recipe.train, **target.train, "seed": seed}
             if target.steps:
                 tr["steps"] = target.steps
+            retrieval = get_task(target.task).format == "retrieval"
             for comp in recipe.compositions:
+                if retrieval and comp.kind in ("fuse", "merge", "continue"):
+                    continue  # retrieval trains nothing: it scores the backbone or one module directly
                 if comp.kind == "single":
                     groups = [[]]
                 elif comp.kind in ("stack", "continue"):
