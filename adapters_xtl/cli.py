@@ -175,6 +175,12 @@ def _run_plan(plan, out: Path, *, dry_run: bool, registry: Optional[Path], devic
     console.print(f"{info['cells']} cells ({cached} cached); intermediate modules to train: {len(info['modules_to_train'])}, "
                   f"reused: {len(info['modules_reused'])}; training steps to run: {info['training_steps']:,}")
     if dry_run:
+        from .runner import estimate_hours
+
+        est = estimate_hours(plan, info)
+        console.print(f"estimated training time on this machine: {est['hours']:.2f} h "
+                      f"({est['training_tokens'] / 1e6:,.1f}M training tokens at {est['peak_tflops']:.2f} TFLOP/s measured "
+                      f"peak x {est['assumed_mfu']:.0%} assumed MFU; evaluation not included; `xtl bench` measures MFU)")
         return
     t0 = time.perf_counter()
     run_plan(plan, out, registry=reg, console=console, device=device)

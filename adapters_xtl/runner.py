@@ -61,11 +61,57 @@ def describe(plan: Plan, registry: Registry, backbone_fp=None, run_dir: Path | N
     return {
         "cells": len(plan.cells),
         "cells_cached": len(cached),
+        "cached_keys": cached,
         "modules_to_train": [m.name for m in to_train],
         "modules_reused": reuse,
         "training_steps": sum(m.train.get("steps", TrainConfig().steps) for m in to_train)
         + sum(c.train.get("steps", TrainConfig().steps) for c in todo if get_task(c.target).format != "retrieval"),
     }
+
+
+# non-embedding parameters: what a training step's FLOPs scale with (embeddings are lookups)
+NON_EMBEDDING_PARAMS = {"xlmr-e5-small": 21.3e6, "xlm-roberta-base": 85.1e6, "xlm-roberta-large": 302.6e6}
+
+
+def measured_peak_flops(seconds: float = 0.3) -> float:
+    """A quick fp32 (CPU) / bf16 (GPU) matmul peak of this machine, in FLOP/s."""
+    import torch
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+    n = 2048 if dev == "cuda" else 512
+    a = torch.randn(n, n, device=dev, dtype=dtype)
+    b = torch.randn(n, n, device=dev, dtype=dtype)
+    a @ b
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+    if dev == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def estimate_hours(plan: Plan, info: dict, *, mfu: float = 0.3, peak: float | None = None) -> dict:
+    """Training time of the steps still to run, from tokens x FLOPs/token / (peak x MFU).
+
+    A frozen backbone costs ~4 N FLOPs per token (forward 2N, backward through activations 2N;
+    no weight gradients), N = non-embedding parameters; tokens per step = batch x half the task's
+    max length (length-bucketed batches carry little padding). A rough guide, not a promise:
+    `xtl bench` measures the real MFU of this machine.
+    """
+    n = NON_EMBEDDING_PARAMS.get(plan.recipe.backbone, 85.1e6)
+    peak = peak or measured_peak_flops()
+    todo = set(info["modules_to_train"])
+    jobs = [(m.train, m.task.split(":")[-1].split("+")[0]) for m in plan.modules if m.name in todo]
+    jobs += [(c.train, c.target) for c in plan.cells if not c.key in info.get("cached_keys", set())
+             and get_task(c.target).format != "retrieval"]
+    tokens = 0.0
+    for train, task in jobs:
+        spec = get_task(task)
+        tokens += train.get("steps", TrainConfig().steps) * train.get("batch_size", 16) * spec.max_length / 2
+    seconds = 4 * n * tokens / (peak * mfu)
+    return {"training_tokens": tokens, "peak_tflops": peak / 1e12, "assumed_mfu": mfu, "hours": seconds / 3600}
 
 
 def _find_module(registry: Registry, job: ModuleJob, backbone_fp=None):
