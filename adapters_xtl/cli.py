@@ -261,9 +261,11 @@ def backbone(
         console.print(sanity_check(bb.model, bb.tokenizer, device=str(bb.device)))
 
 
+from .cli_bench import bench  # noqa: E402
 from .cli_registry import registry_app  # noqa: E402
 
 app.add_typer(registry_app, name="registry")
+app.command()(bench)
 
 
 def main(argv: list[str] | None = None) -> int:

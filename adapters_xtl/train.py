@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict
 from safetensors.torch import load_file, save_file
 
@@ -41,6 +43,8 @@ class TrainConfig(BaseModel):
     seed: int = 42
     log_every: int = 10
     checkpoint_every: int | None = None  # default: every eval
+    gradient_checkpointing: bool = False  # recompute activations: less memory, ~30% more time
+    optimizer: Literal["adamw", "adamw8bit", "paged_adamw8bit"] = "adamw"  # 8-bit/paged: bitsandbytes
 
 
 @dataclass
@@ -123,8 +127,9 @@ def train(
             {"params": no_decay, "weight_decay": 0.0, "lr": lr},
         ]
     groups = [g for g in groups if g["params"]]
-    fused = device.type == "cuda"
-    optimizer = torch.optim.AdamW(groups, fused=fused) if fused else torch.optim.AdamW(groups, foreach=True)
+    from .compress import gradient_checkpointing, make_optimizer
+
+    optimizer = make_optimizer(groups, cfg.optimizer, device)  # adamw: fused on CUDA, foreach on CPU
     warmup = int(cfg.steps * cfg.warmup_ratio)
 
     def lr_lambda(step: int) -> float:
@@ -198,40 +203,50 @@ def train(
     running = torch.zeros((), device=device)
     since_log = 0
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    for step in range(start, cfg.steps):
-        for k in range(cfg.grad_accum):
-            idx = step * cfg.grad_accum + k
-            b = batches_of(idx // n_batches)[idx % n_batches]
-            batch = to_device(fmt.collate([train_features[i] for i in b], model.pad_id), device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                out = model(batch)
-            loss = fmt.loss(out, batch) / cfg.grad_accum
-            loss.backward()
-            running += loss.detach()
-        if cfg.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        since_log += 1
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            avg = (running / since_log).item()  # the only host sync in the loop
-            running.zero_()
-            since_log = 0
-            if not math.isfinite(avg):
-                from .errors import XtlError
+    def _run_steps() -> None:
+        nonlocal since_log, running
+        for step in range(start, cfg.steps):
+            for k in range(cfg.grad_accum):
+                idx = step * cfg.grad_accum + k
+                b = batches_of(idx // n_batches)[idx % n_batches]
+                batch = to_device(fmt.collate([train_features[i] for i in b], model.pad_id), device)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    out = model(batch)
+                loss = fmt.loss(out, batch) / cfg.grad_accum
+                loss.backward()
+                running += loss.detach()
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            since_log += 1
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                avg = (running / since_log).item()  # the only host sync in the loop
+                running.zero_()
+                since_log = 0
+                if not math.isfinite(avg):
+                    from .errors import XtlError
 
-                raise XtlError(f"loss became {avg} at step {done}", where=description, fix="lower the learning rate")
-            history.append({"step": done, "loss": avg, "lr": scheduler.get_last_lr()[0]})
-            if progress:
-                progress.update(task_id, completed=done, loss=avg)
-        if done % cfg.eval_every == 0 or done == cfg.steps:
-            evaluate_dev(done)
-        if checkpoint_dir and (done % (cfg.checkpoint_every or cfg.eval_every) == 0 or done == cfg.steps):
-            checkpoint(done)
-        if on_step is not None:
-            on_step(done)  # hooks: grid progress, and tests that simulate a crash
+                    raise XtlError(f"loss became {avg} at step {done}", where=description, fix="lower the learning rate")
+                history.append({"step": done, "loss": avg, "lr": scheduler.get_last_lr()[0]})
+                if progress:
+                    progress.update(task_id, completed=done, loss=avg)
+            if done % cfg.eval_every == 0 or done == cfg.steps:
+                evaluate_dev(done)
+            if checkpoint_dir and (done % (cfg.checkpoint_every or cfg.eval_every) == 0 or done == cfg.steps):
+                checkpoint(done)
+            if on_step is not None:
+                on_step(done)  # hooks: grid progress, and tests that simulate a crash
+
+    checkpointing = gradient_checkpointing(model.backbone, cfg.gradient_checkpointing)
+    checkpointing.__enter__()
+    try:
+        _run_steps()
+    finally:
+        checkpointing.__exit__(None, None, None)
+
     if progress:
         progress.update(task_id, completed=cfg.steps)
     if best_state is not None:
