@@ -1,17 +1,62 @@
-"""Parallel-sentence retrieval (Tatoeba; BUCC-style mining in the catalog issue): no training.
+"""Sentence retrieval without training: Tatoeba-style pairs and BUCC-style bitext mining.
 
-Both sides are embedded by mean-pooling the hidden states of one layer; each sentence's nearest
-neighbour by cosine on the other side must be its translation. The default layer is 7/12 of the
-depth (layer 14 of 24 for XLM-R large, jiant's choice; middle layers align languages best).
+Both modes embed sentences with the encoder as it is (the bare backbone, or with an intermediate
+module active): the hidden states of one layer, pooled over the tokens (`pooling: mean`, the
+default, averages every non-padding token including <s> and </s>; `cls` takes <s>).
+
+`retrieval_mode: pairs` (Tatoeba; the default). Two line-aligned files (`test` and
+`test_pivot` splits) or two columns (`text`, `text_pair`); each sentence's nearest neighbour by
+cosine on the other side must be its translation. Accuracy, averaged over xx->en and en->xx.
+
+`retrieval_mode: mining` (BUCC 2018). Two *non-parallel* monolingual sides and a gold file; the
+task's splits are `S`, `S_pivot` and `S_gold` for the evaluated split S (`test`, else
+`validation`). BUCC's own layout, as XTREME's download script leaves it (BUCC "training" renamed
+`test`, "sample" renamed `dev`):
+
+    {lang}-en.{split}.{lang}   id<TAB>sentence     e.g. de-000000001<TAB>Die Katze ...
+    {lang}-en.{split}.en       id<TAB>sentence     e.g. en-000000001<TAB>The cat ...
+    {lang}-en.{split}.gold     id_xx<TAB>id_en     the true translation pairs
+
+Identical sentences on a side are embedded once and mined as one (XTREME's `text_load_unify`);
+a mined pair of texts then stands for every pair of their ids. Mining is LASER's / XTREME's
+`mine_bitext` (ratio margin over the k=4 nearest neighbours both ways, `retrieval=max`, greedy
+1-to-1, scores > 0; `metrics.mine_pairs`), and the score is `metrics.bucc_f1`: precision, recall
+and F1 at the F1-optimal threshold on the evaluated split itself. (XTREME's `run_retrieval.py`
+mines the dev split, BUCC's sample, before test and is meant to carry dev's best threshold over;
+a threshold chosen on the evaluated split is an upper bound on that for the same embeddings.) Sides too large for a dense similarity matrix are
+mined block-wise (`mine_blockwise`: same algorithm, top-k per block, float32 on the model's
+device); small ones go through `metrics.mine_pairs` itself. `eval_limit` keeps the first
+`limit` gold pairs and as many non-gold sentences per side as keeps each side's gold density.
+
+Layer and pooling (`retrieval_layer`, `pooling` in the task YAML). Default: the layer at 7/12 of
+the depth, `hidden_states[round(7/12 * L)]` (index 0 = embeddings), mean pooling: layer 14 of 24
+on XLM-R large (7 of 12 on base-sized and e5-small models). That is jiant's choice for both BUCC
+and Tatoeba in the paper reproduced here ("The reference implementation from the XTREME paper
+uses layer 14", jiant's `xtreme_runconfig_writer.py`, mean pooler), and middle layers align
+languages best. XTREME's own scripts differ between the two tasks, as we read them:
+`run_tatoeba.sh` takes index 13 of the last 24 hidden states on XLM-R large (= layer 14, the same
+as ours) and index 7 of the last 12 on mBERT (= layer 8 of 12), mean-pooled; `run_bucc2018.sh`
+passes `--specific_layer 7` but not `--num_layers`, so `run_retrieval.py` indexes the last 12
+hidden states (= layer 20 of 24 on XLM-R large, layer 8 on 12-layer models), and although it
+passes `--pool_type cls`, `extract_embeddings` is called without it, so mean pooling is what
+runs. Max length: 512 on real XTREME runs (the catalog's bucc2018/tatoeba tasks), as jiant.
 """
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
+import numpy as np
 import torch
 
 from .. import metrics
+from ..errors import XtlError
 from . import register_format
 from .base import Format, length_bucketed_batches, pad_sequences, pool, to_device
+
+MARGIN_K = 4  # neighbourhood of the ratio margin (LASER / XTREME)
+DENSE_LIMIT = 4_000_000  # src x tgt sizes up to this go through metrics.mine_pairs (float64, dense)
 
 
 def default_layer(num_layers: int) -> int:
@@ -19,18 +64,155 @@ def default_layer(num_layers: int) -> int:
 
 
 @torch.inference_mode()
-def embed(model, texts: list[str], *, layer: int | None, max_length: int = 128, batch_size: int = 32) -> torch.Tensor:
-    """Mean-pooled hidden states of `layer` (0 = embeddings) for each text, in input order."""
+def embed(model, texts: list[str], *, layer: int | None, max_length: int = 128, batch_size: int = 32,
+          pooling: str = "mean") -> torch.Tensor:
+    """Pooled hidden states of `layer` (0 = embeddings; None = 7/12 of the depth) per text, in order."""
     tok = model.tokenizer
     enc = tok([t or "" for t in texts], truncation=True, max_length=max_length)["input_ids"]
     L = default_layer(model.num_layers) if layer is None else layer
+    if not 0 <= L <= model.num_layers:
+        raise XtlError(f"retrieval_layer {L} is outside 0..{model.num_layers} (0 = embeddings)",
+                       where="retrieval_layer", fix=f"pick a layer of this {model.num_layers}-layer backbone")
     out = torch.zeros(len(texts), model.hidden_size)
     for b in length_bucketed_batches([len(e) for e in enc], batch_size, seed=None):
         ids, mask = pad_sequences([enc[i] for i in b], tok.pad_token_id)
         batch = to_device({"input_ids": ids, "attention_mask": mask}, model.device)
         hs = model.encode(batch, output_hidden_states=True).hidden_states[L]
-        out[b] = pool(hs.float(), batch["attention_mask"], "mean").cpu()
+        out[b] = pool(hs.float(), batch["attention_mask"], pooling).cpu()
     return out
+
+
+def embed_spec(model, texts: list[str], spec, batch_size: int = 32) -> torch.Tensor:
+    return embed(model, texts, layer=spec.retrieval_layer, max_length=spec.max_length,
+                 batch_size=batch_size, pooling=spec.pooling)
+
+
+# --------------------------------------------------------------------------- mining
+def _topk_merge(best_sim, best_ind, sim, ind, k):
+    s = torch.cat([best_sim, sim], dim=1)
+    i = torch.cat([best_ind, ind], dim=1)
+    top = torch.topk(s, k, dim=1)
+    return top.values, torch.gather(i, 1, top.indices)
+
+
+@torch.inference_mode()
+def knn_both(x: torch.Tensor, y: torch.Tensor, k: int, *, block: int | None = None, device=None):
+    """Cosine k nearest neighbours x->y and y->x, one block of x rows at a time (never the full
+    similarity matrix): (x2y_sim, x2y_ind, y2x_sim, y2x_ind), best first."""
+    device = device or torch.device("cpu")
+    x = torch.nn.functional.normalize(x.float(), dim=1).to(device)
+    y = torch.nn.functional.normalize(y.float(), dim=1).to(device)
+    kx, ky = min(k, y.shape[0]), min(k, x.shape[0])
+    block = block or max(1, min(x.shape[0], 2**26 // max(1, y.shape[0])))  # ~256 MiB of float32
+    x2y_sim, x2y_ind = [], []
+    y2x_sim = torch.full((y.shape[0], 0), float("-inf"), device=device)
+    y2x_ind = torch.zeros((y.shape[0], 0), dtype=torch.long, device=device)
+    for start in range(0, x.shape[0], block):
+        sim = x[start:start + block] @ y.T
+        top = torch.topk(sim, kx, dim=1)
+        x2y_sim.append(top.values)
+        x2y_ind.append(top.indices)
+        col = torch.topk(sim.T, min(ky, sim.shape[0]), dim=1)
+        y2x_sim, y2x_ind = _topk_merge(y2x_sim, y2x_ind, col.values, col.indices + start, min(ky, y2x_sim.shape[1] + col.values.shape[1]))
+    return torch.cat(x2y_sim), torch.cat(x2y_ind), y2x_sim, y2x_ind
+
+
+def mine_blockwise(src_emb, tgt_emb, k: int = MARGIN_K, *, block: int | None = None, device=None
+                   ) -> list[tuple[int, int, float]]:
+    """`metrics.mine_pairs` for sides too large for a dense matrix: the same margin, candidates
+    and greedy 1-to-1 extraction from block-wise kNN. (src_index, tgt_index, score), best first."""
+    src_emb, tgt_emb = torch.as_tensor(np.asarray(src_emb)), torch.as_tensor(np.asarray(tgt_emb))
+    fs, fi, bs, bi = (t.cpu().double().numpy() if t.is_floating_point() else t.cpu().numpy()
+                      for t in knn_both(src_emb, tgt_emb, k, block=block, device=device))
+    fwd_mean, bwd_mean = fs.mean(axis=1), bs.mean(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fwd = np.nan_to_num(fs / ((fwd_mean[:, None] + bwd_mean[fi]) / 2), nan=-np.inf)
+        bwd = np.nan_to_num(bs / ((bwd_mean[:, None] + fwd_mean[bi]) / 2), nan=-np.inf)
+    n_src, n_tgt = fs.shape[0], bs.shape[0]
+    src_idx = np.concatenate((np.arange(n_src), bi[np.arange(n_tgt), bwd.argmax(axis=1)]))
+    tgt_idx = np.concatenate((fi[np.arange(n_src), fwd.argmax(axis=1)], np.arange(n_tgt)))
+    scores = np.concatenate((fwd.max(axis=1), bwd.max(axis=1)))
+    seen_s, seen_t, out = set(), set(), []
+    for i in np.argsort(-scores, kind="stable"):
+        s, t = int(src_idx[i]), int(tgt_idx[i])
+        if s not in seen_s and t not in seen_t:
+            seen_s.add(s)
+            seen_t.add(t)
+            if scores[i] > 0:
+                out.append((s, t, float(scores[i])))
+    return out
+
+
+def mine(src_emb, tgt_emb, k: int = MARGIN_K, device=None) -> list[tuple[int, int, float]]:
+    if len(src_emb) * len(tgt_emb) <= DENSE_LIMIT:
+        return metrics.mine_pairs(src_emb, tgt_emb, k=k)
+    return mine_blockwise(src_emb, tgt_emb, k, device=device)
+
+
+def _unify(ids: list[str], texts: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Unique texts (first-seen order) and, for each, the ids of the lines holding it."""
+    pos: dict[str, int] = {}
+    uniq: list[str] = []
+    owners: list[list[str]] = []
+    for i, t in zip(ids, texts):
+        if t not in pos:
+            pos[t] = len(uniq)
+            uniq.append(t)
+            owners.append([])
+        owners[pos[t]].append(i)
+    return uniq, owners
+
+
+def mining_sides(spec, lang: str, data_dir: Path | None = None, limit: int | None = None, split: str | None = None):
+    """(xx rows, en rows, gold pairs) of a mining task: rows are (id, text); gold (xx_id, en_id)."""
+    from ..data import load_examples
+
+    split = split or spec.eval_split
+    for need in (split, f"{split}_pivot", f"{split}_gold"):
+        if need not in spec.splits:
+            raise XtlError(
+                f"mining task {spec.name!r} needs the splits {split}, {split}_pivot and {split}_gold; "
+                f"it has {', '.join(spec.splits) or 'none'}",
+                where=spec.file or spec.name,
+                fix="see the BUCC layout in adapters_xtl/formats/retrieval.py",
+            )
+
+    def rows(s):
+        out = [(str(e["id"]), str(e.get("text") or "").strip()) for e in load_examples(spec, s, lang, data_dir)]
+        return [(i, t) for i, t in out if t]
+
+    xx, en = rows(split), rows(f"{split}_pivot")
+    gold_ex = load_examples(spec, f"{split}_gold", lang, data_dir)
+    if not gold_ex or "src" not in gold_ex[0] or "tgt" not in gold_ex[0]:
+        raise XtlError(f"the {split}_gold split must map the roles `src` and `tgt` (xx id, en id)",
+                       where=spec.file or spec.name,
+                       fix="e.g. columns: {src: src_id, tgt: tgt_id} on the gold split")
+    gold = [(str(e["src"]), str(e["tgt"])) for e in gold_ex]
+    x_ids, e_ids = {i for i, _ in xx}, {i for i, _ in en}
+    missing = [g for g in gold if g[0] not in x_ids or g[1] not in e_ids]
+    if missing:
+        raise XtlError(f"{len(missing)} gold pairs name ids missing from the sentence files, e.g. {missing[0]}",
+                       where=spec.file or spec.name, fix="the gold file and the sentence files must come from one split")
+    if limit and len(gold) > limit:
+        xx, en, gold = _subsample(xx, en, gold, limit)
+    return xx, en, gold
+
+
+def _subsample(xx, en, gold, limit: int):
+    """The first `limit` gold pairs, plus non-gold sentences in file order so that each side keeps
+    its share of gold sentences (a smaller problem of the same difficulty)."""
+    keep = gold[:limit]
+    kx, ke = {s for s, _ in keep}, {t for _, t in keep}
+    all_x, all_e = {s for s, _ in gold}, {t for _, t in gold}
+
+    def side(rows, kept, golds):
+        n = max(len(kept), round(limit * len(rows) / len(gold)))
+        out = [r for r in rows if r[0] in kept]
+        extra = [r for r in rows if r[0] not in golds][: max(0, n - len(out))]
+        chosen = {r[0] for r in out + extra}
+        return [r for r in rows if r[0] in chosen]
+
+    return side(xx, kx, all_x), side(en, ke, all_e), keep
 
 
 class Retrieval(Format):
@@ -41,25 +223,59 @@ class Retrieval(Format):
         return None
 
     def head_config(self, spec) -> dict:
-        return {"kind": "none"}
+        return {"kind": "none", "mode": spec.retrieval_mode, "pooling": spec.pooling, "layer": spec.retrieval_layer}
+
+    def score_language(self, model, spec, lang: str, *, data_dir: Path | None = None, limit: int | None = None,
+                       batch_size: int = 32) -> dict[str, float]:
+        """Scores of one language in either mode (what `evaluate` calls for retrieval tasks)."""
+        if spec.retrieval_mode == "mining":
+            xx, en, gold = mining_sides(spec, lang, data_dir, limit)
+            return self.score_mining(model, xx, en, gold, spec, batch_size=batch_size)
+        from ..evaluate import retrieval_pairs
+
+        src, tgt = retrieval_pairs(spec, lang, data_dir, limit)
+        return self.score_pairs(model, src, tgt, spec, batch_size=batch_size)
 
     def score_pairs(self, model, src: list[str], tgt: list[str], spec, batch_size: int = 32) -> dict[str, float]:
         if len(src) != len(tgt):
-            from ..errors import XtlError
-
             raise XtlError(
                 f"retrieval sides differ in length: {len(src)} vs {len(tgt)} lines",
                 where=spec.name,
                 fix="the two files must be line-aligned translations",
             )
-        a = embed(model, src, layer=spec.retrieval_layer, max_length=spec.max_length, batch_size=batch_size)
-        b = embed(model, tgt, layer=spec.retrieval_layer, max_length=spec.max_length, batch_size=batch_size)
+        if spec.retrieval_mode == "mining":
+            raise XtlError(f"task {spec.name!r} mines bitext: it is scored per language by `score_language`",
+                           where=spec.file or spec.name, fix="call Retrieval.score_language (evaluate does)")
+        a = embed_spec(model, src, spec, batch_size)
+        b = embed_spec(model, tgt, spec, batch_size)
         both = metrics.retrieval_accuracy_both(a.numpy(), b.numpy())
         return {
             "accuracy": 100.0 * (both["src2tgt"] + both["tgt2src"]) / 2,
             "accuracy_xx2en": 100.0 * both["src2tgt"],
             "accuracy_en2xx": 100.0 * both["tgt2src"],
         }
+
+    def score_mining(self, model, xx: list[tuple[str, str]], en: list[tuple[str, str]],
+                     gold: list[tuple[str, str]], spec, batch_size: int = 32) -> dict[str, float]:
+        """BUCC P/R/F1 (percent) of mining `xx` against `en` ((id, text) rows) given gold id pairs."""
+        if not xx or not en:
+            raise XtlError("a mining side is empty", where=spec.file or spec.name)
+        if not gold:
+            raise XtlError("no gold pairs: recall is undefined", where=spec.file or spec.name)
+        ux, owners_x = _unify([i for i, _ in xx], [t for _, t in xx])
+        ue, owners_e = _unify([i for i, _ in en], [t for _, t in en])
+        a = embed_spec(model, ux, spec, batch_size)
+        b = embed_spec(model, ue, spec, batch_size)
+        cands: dict[tuple[str, str], float] = {}
+        for s, t, score in mine(a, b, MARGIN_K, device=model.device):
+            for sid in owners_x[s]:
+                for tid in owners_e[t]:
+                    key = (sid, tid)
+                    cands[key] = max(score, cands.get(key, -math.inf))
+        if not cands:  # nothing mined with a positive margin
+            return {"f1": 0.0, "precision": 0.0, "recall": 0.0}
+        res = metrics.bucc_f1(cands, gold)
+        return {"f1": res["f1"], "precision": res["precision"], "recall": res["recall"]}
 
 
 register_format(Retrieval())

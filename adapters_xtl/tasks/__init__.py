@@ -100,6 +100,22 @@ class TaskSpec(BaseModel):
     main_metric: str | None = None
     pooling: Literal["cls", "mean"] = "mean"
     retrieval_layer: int | None = None  # None: 7/12 of the depth (layer 14 of 24, as jiant)
+    # retrieval: `pairs` (Tatoeba: line-aligned translations, nearest neighbour) or `mining`
+    # (BUCC: two non-parallel monolingual sides plus a gold pairs file; margin-based mining, F1
+    # at the best threshold). See formats/retrieval.py.
+    retrieval_mode: Literal["pairs", "mining"] = "pairs"
+    # a task trained on the concatenation of other tasks' data (ANLI+ = ANLI R1-R3 + MNLI + SNLI):
+    # member task names; they share this task's format and labels. The multitask composition
+    # reads it; such a task has no `splits` of its own.
+    mixture: list[str] | None = None
+    # a label set too large to list (CCG supertags): a file with one label per line, a path
+    # template with {data_dir} (resolved against $XTL_DATA / the default data folder when the
+    # catalog is read) or {task_dir} (this YAML's folder). Until found, `labels` stays None and
+    # reading the task's data fails with a message naming the file.
+    labels_file: str | None = None
+    # source label values whose rows are unlabelled and must be skipped, not rejected
+    # (SNLI's -1 "no gold label"). Declared here; data.to_roles applies it.
+    drop_labels: list[str] | None = None
     # training defaults (recipes override)
     defaults: dict[str, Any] = Field(default_factory=dict)
     notes: str = ""
@@ -109,15 +125,48 @@ class TaskSpec(BaseModel):
     def _check(self):
         if self.train_language not in self.languages and self.format != "retrieval":
             self.languages = {self.train_language: self.train_language, **self.languages}
-        if self.format in ("classification", "tagging") and not self.labels:
+        if self.labels_file and not self.labels:
+            self.labels = read_labels_file(self.labels_file_path())
+        if self.format in ("classification", "tagging") and not self.labels and not self.labels_file:
             raise ValueError(f"format {self.format!r} needs a `labels` list")
+        if self.retrieval_mode == "mining" and self.format != "retrieval":
+            raise ValueError("`retrieval_mode: mining` is for format retrieval")
+        if self.mixture is not None and (not self.mixture or self.splits):
+            raise ValueError("a `mixture` task lists its member tasks and has no `splits` of its own")
         return self
+
+    def labels_file_path(self, data_dir: Path | str | None = None) -> Path | None:
+        if not self.labels_file:
+            return None
+        task_dir = Path(self.file).parent if self.file else Path.cwd()
+        return Path(self.labels_file.format(data_dir=str(data_dir or default_data_dir()),
+                                            task_dir=str(task_dir))).expanduser()
+
+    def resolve_labels(self, data_dir: Path | str | None = None) -> "TaskSpec":
+        """This spec with `labels` read from `labels_file` under `data_dir` (for --data-dir)."""
+        if not self.labels_file:
+            return self
+        labels = read_labels_file(self.labels_file_path(data_dir))
+        return self.model_copy(update={"labels": labels}) if labels else self
 
     @property
     def eval_split(self) -> str:
         return "test" if "test" in self.splits else "validation"
 
     def source_for(self, split: str) -> Source:
+        if self.labels_file and not self.labels:
+            raise XtlError(
+                f"task {self.name!r}: its label set file {self.labels_file_path()} was not found",
+                where=self.file or self.name,
+                fix="put the data (and its label file) under $XTL_DATA (or ../shared/data); "
+                + (self.notes.strip().splitlines()[0] if self.notes.strip() else "see the task's notes"),
+            )
+        if self.mixture is not None:
+            raise XtlError(
+                f"task {self.name!r} is a mixture of {', '.join(self.mixture)}: it has no data of its own",
+                where=self.file or self.name,
+                fix="read the member tasks' data (the multitask composition does)",
+            )
         if split not in self.splits:
             raise XtlError(
                 f"task {self.name!r} has no split {split!r}",
@@ -134,6 +183,14 @@ class TaskSpec(BaseModel):
                 fix=did_you_mean(lang, self.languages),
             )
         return self.languages[lang]
+
+
+def read_labels_file(path: Path | None) -> list[str] | None:
+    """Labels, one per line (blank lines and `#` comments skipped); None if there is no file."""
+    if path is None or not path.is_file():
+        return None
+    lines = (l.strip() for l in path.read_text(encoding="utf-8").splitlines())
+    return [l for l in lines if l and not l.startswith("#")] or None
 
 
 def _merge(base: dict, over: dict) -> dict:
