@@ -263,9 +263,11 @@ def backbone(
 
 from .cli_bench import bench  # noqa: E402
 from .cli_registry import registry_app  # noqa: E402
+from .cli_study import study  # noqa: E402
 
 app.add_typer(registry_app, name="registry")
 app.command()(bench)
+app.command()(study)
 
 
 def main(argv: list[str] | None = None) -> int:

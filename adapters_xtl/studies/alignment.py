@@ -64,3 +64,36 @@ def alignment_scores(src_emb: Any, tgt_emb: Any) -> dict[str, float]:
     """CKA and both retrieval directions for one parallel set: ``{"cka", "src2tgt", "tgt2src"}``."""
     both = retrieval_accuracy_both(src_emb, tgt_emb)
     return {"cka": linear_cka(src_emb, tgt_emb), **both}
+
+
+def linear_cka_debiased(X: Any, Y: Any) -> float:
+    """Linear CKA from the unbiased HSIC estimator (Song et al. 2012; Kornblith et al. 2019, eq. 5
+    with the debiased HSIC of Nguyen et al. 2021): near 0 for independent representations even
+    when n (sentences) is not far above the dimension, where :func:`linear_cka` is biased upwards
+    by roughly d/n.  Needs n >= 4; can be slightly negative for unrelated data.  O(n^2 d).
+    """
+    x, y = _matrix(X, "X"), _matrix(Y, "Y")
+    n = x.shape[0]
+    if y.shape[0] != n:
+        raise ValueError(f"X has {n} rows but Y has {y.shape[0]}; row i must pair with row i")
+    if n < 4:
+        raise ValueError(f"the unbiased HSIC needs at least 4 rows, got {n}")
+    x = x - x.mean(axis=0, keepdims=True)
+    y = y - y.mean(axis=0, keepdims=True)
+    sx, sy = np.linalg.norm(x), np.linalg.norm(y)
+    if sx == 0 or sy == 0:
+        return float("nan")
+    x, y = x / sx, y / sy
+
+    def hsic(k: np.ndarray, l: np.ndarray) -> float:
+        k, l = k.copy(), l.copy()
+        np.fill_diagonal(k, 0.0)
+        np.fill_diagonal(l, 0.0)
+        kl = k @ l
+        return float(np.trace(kl) + k.sum() * l.sum() / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * kl.sum()) / (n * (n - 3))
+
+    kx, ky = x @ x.T, y @ y.T
+    hxy, hxx, hyy = hsic(kx, ky), hsic(kx, kx), hsic(ky, ky)
+    if hxx <= 0 or hyy <= 0:
+        return float("nan")
+    return float(np.clip(hxy / np.sqrt(hxx * hyy), -1.0, 1.0))
