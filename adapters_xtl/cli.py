@@ -177,10 +177,18 @@ def _run_plan(plan, out: Path, *, dry_run: bool, registry: Optional[Path], devic
     if dry_run:
         from .runner import estimate_hours
 
-        est = estimate_hours(plan, info)
-        console.print(f"estimated training time on this machine: {est['hours']:.2f} h "
-                      f"({est['training_tokens'] / 1e6:,.1f}M training tokens at {est['peak_tflops']:.2f} TFLOP/s measured "
-                      f"peak x {est['assumed_mfu']:.0%} assumed MFU; evaluation not included; `xtl bench` measures MFU)")
+        est = estimate_hours(plan, info, device=device)
+        src = est["sources"]
+        how = []
+        if src["task"]:
+            how.append(f"{src['task']} priced from runs of the same task measured here")
+        if src["flops"]:
+            how.append(f"{src['flops']} from the FLOP/s measured here on other tasks")
+        if src["guess"]:
+            how.append(f"{src['guess']} guessed from the {est['peak_tflops']:.2f} TFLOP/s matmul peak x "
+                       f"{est['assumed_mfu']:.0%} assumed MFU (no run measured here yet)")
+        console.print(f"estimated training time on this machine ({est['device']}): {est['hours']:.2f} h for "
+                      f"{est['jobs']} trainings; {'; '.join(how) or 'nothing to train'}. Evaluation not included.")
         return
     t0 = time.perf_counter()
     run_plan(plan, out, registry=reg, console=console, device=device)

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .backbone import Backbone
 from .data import load_examples
 from .errors import XtlError
@@ -164,6 +166,7 @@ def train_module(
         result = train(model, trainable, train_feats, dev_feats, dev_ex, cfg, checkpoint_dir=checkpoint_dir,
                        main_metric=default_main_metric(spec), progress=progress, description=name)
         state.activate(backbone, train=False)
+        record_throughput(backbone, method, train_task.name, cfg, result)
         scores = evaluate(model, spec, eval_languages, data_dir=data_dir, limit=eval_limit)
         weights = {n: p.detach().cpu() for n, p in trainable.items() if not n.startswith("module.")}
         weights.update({f"module.{k}": v for k, v in method_obj.state_dict(backbone, slot).items()})
@@ -200,6 +203,42 @@ def train_module(
         if state is not None:
             state.teardown(backbone)
         method_obj.remove(backbone, slot)
+
+
+def non_embedding_params(backbone: Backbone) -> int:
+    """Parameters a token's FLOPs scale with: everything but the embedding lookups."""
+    emb = backbone.model.get_input_embeddings() if hasattr(backbone.model, "get_input_embeddings") else None
+    skip = {id(p) for p in emb.parameters()} if emb is not None else set()
+    base = getattr(backbone.model, "embeddings", None)
+    if base is not None:
+        skip |= {id(p) for p in base.parameters()}
+    n = 0
+    for p in backbone.model.parameters():
+        if id(p) in skip:
+            continue
+        qs = getattr(p, "quant_state", None)
+        n += int(torch.Size(qs.shape).numel()) if qs is not None else p.numel()
+    return n
+
+
+def record_throughput(backbone: Backbone, method: str, task: str, cfg: TrainConfig, result) -> None:
+    """Remember how fast this machine trained (see throughput.py): the dry-run prices grids
+    from it. Never fails a training run."""
+    from . import throughput
+
+    steps = result.steps - result.resumed_from
+    if steps <= 0 or result.step_seconds <= 0:
+        return
+    try:
+        tokens_per_step = result.tokens / steps
+        throughput.record({
+            "backbone": backbone.fingerprint.model_id, "quantization": backbone.quantization, "method": method,
+            "device": backbone.device.type, "task": task, "batch_size": cfg.batch_size, "steps": steps,
+            "seconds_per_step": result.step_seconds / steps, "tokens_per_step": tokens_per_step,
+            "flops_per_step": 4.0 * non_embedding_params(backbone) * tokens_per_step,
+        })
+    except OSError:
+        pass
 
 
 def model_format_trainable(spec: TaskSpec) -> bool:

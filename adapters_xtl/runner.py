@@ -92,26 +92,46 @@ def measured_peak_flops(seconds: float = 0.3) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
-def estimate_hours(plan: Plan, info: dict, *, mfu: float = 0.3, peak: float | None = None) -> dict:
-    """Training time of the steps still to run, from tokens x FLOPs/token / (peak x MFU).
+def estimate_hours(plan: Plan, info: dict, *, mfu: float = 0.3, peak: float | None = None,
+                   device: str | None = None, cache_dir: Path | None = None) -> dict:
+    """Training time of the steps still to run, priced from this machine's measured runs.
 
-    A frozen backbone costs ~4 N FLOPs per token (forward 2N, backward through activations 2N;
-    no weight gradients), N = non-embedding parameters; tokens per step = batch x half the task's
-    max length (length-bucketed batches carry little padding). A rough guide, not a promise:
-    `xtl bench` measures the real MFU of this machine.
+    Each job (a module to train, a cell to run) is priced by `throughput.step_cost`: seconds per
+    step measured on the same backbone/quantization/method/device and task (scaled by batch
+    size), else the FLOP/s measured on any task, else tokens x 4N FLOPs / (matmul peak x `mfu`)
+    (a frozen backbone costs ~4 N FLOPs per token: forward 2N, backward through activations 2N,
+    no weight gradients; tokens per step = batch x half the task's max length). Evaluation is
+    not included. `sources` counts how each job was priced, so the user sees how much is guessed.
     """
+    import torch
+
+    from . import throughput
+
     n = NON_EMBEDDING_PARAMS.get(plan.recipe.backbone, 85.1e6)
-    peak = peak or measured_peak_flops()
+    dev = (device or ("cuda" if torch.cuda.is_available() else "cpu")).split(":")[0]
+    rows = throughput.read(cache_dir)
     todo = set(info["modules_to_train"])
     jobs = [(m.train, m.task.split(":")[-1].split("+")[0]) for m in plan.modules if m.name in todo]
     jobs += [(c.train, c.target) for c in plan.cells if not c.key in info.get("cached_keys", set())
              and get_task(c.target).format != "retrieval"]
-    tokens = 0.0
+    tokens, seconds = 0.0, 0.0
+    sources = {"task": 0, "flops": 0, "guess": 0}
     for train, task in jobs:
         spec = get_task(task)
-        tokens += train.get("steps", TrainConfig().steps) * train.get("batch_size", 16) * spec.max_length / 2
-    seconds = 4 * n * tokens / (peak * mfu)
-    return {"training_tokens": tokens, "peak_tflops": peak / 1e12, "assumed_mfu": mfu, "hours": seconds / 3600}
+        batch = train.get("batch_size", 16)
+        steps = train.get("steps", TrainConfig().steps)
+        step_tokens = batch * spec.max_length / 2
+        key = dict(backbone=plan.recipe.backbone, quantization=plan.recipe.quantization, method=plan.recipe.method,
+                   device=dev, task=spec.train_task or spec.name, batch_size=batch, flops_per_step=4 * n * step_tokens)
+        cost = throughput.step_cost(rows, **key, guess_flops_per_s=None)
+        if cost.source == "guess":
+            peak = peak or measured_peak_flops()  # timed only when something must be guessed
+            cost = throughput.step_cost(rows, **key, guess_flops_per_s=peak * mfu)
+        sources[cost.source] += 1
+        tokens += steps * step_tokens
+        seconds += steps * cost.seconds
+    return {"training_tokens": tokens, "peak_tflops": (peak or 0) / 1e12, "assumed_mfu": mfu,
+            "hours": seconds / 3600, "sources": sources, "jobs": len(jobs), "device": dev}
 
 
 def _find_module(registry: Registry, job: ModuleJob, backbone_fp=None):

@@ -57,6 +57,8 @@ class TrainResult:
     padding_waste: float = 0.0
     train_examples: int = 0
     resumed_from: int = 0
+    tokens: int = 0  # real (unpadded) tokens in the batches of the steps this call ran
+    step_seconds: float = 0.0  # wall time of the optimizer steps alone (no dev evaluation, no checkpoints)
 
 
 def set_seed(seed: int) -> None:
@@ -162,6 +164,9 @@ def train(
     def snapshot() -> dict[str, torch.Tensor]:
         return {n: p.detach().cpu().clone() for n, p in trainable.items()}
 
+    aside = 0.0  # seconds spent on dev evaluation and checkpoints: kept out of step_seconds
+    tokens = 0
+
     def evaluate_dev(step: int) -> None:
         nonlocal best_score, best_step, best_state
         if not dev_features:
@@ -204,11 +209,12 @@ def train(
     since_log = 0
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     def _run_steps() -> None:
-        nonlocal since_log, running
+        nonlocal since_log, running, aside, tokens
         for step in range(start, cfg.steps):
             for k in range(cfg.grad_accum):
                 idx = step * cfg.grad_accum + k
                 b = batches_of(idx // n_batches)[idx % n_batches]
+                tokens += sum(lengths[i] for i in b)
                 batch = to_device(fmt.collate([train_features[i] for i in b], model.pad_id), device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                     out = model(batch)
@@ -233,10 +239,12 @@ def train(
                 history.append({"step": done, "loss": avg, "lr": scheduler.get_last_lr()[0]})
                 if progress:
                     progress.update(task_id, completed=done, loss=avg)
+            t_aside = time.perf_counter()
             if done % cfg.eval_every == 0 or done == cfg.steps:
                 evaluate_dev(done)
             if checkpoint_dir and (done % (cfg.checkpoint_every or cfg.eval_every) == 0 or done == cfg.steps):
                 checkpoint(done)
+            aside += time.perf_counter() - t_aside
             if on_step is not None:
                 on_step(done)  # hooks: grid progress, and tests that simulate a crash
 
@@ -254,13 +262,16 @@ def train(
             for n, p in trainable.items():
                 p.copy_(best_state[n].to(p.device))
     model.eval()
+    elapsed = time.perf_counter() - t0
     return TrainResult(
         steps=cfg.steps,
         best_step=best_step if best_state is not None else cfg.steps,
         best_score=best_score,
         history=history,
-        seconds=time.perf_counter() - t0,
+        seconds=elapsed,
         padding_waste=waste,
         train_examples=len(train_features),
         resumed_from=resumed_from,
+        tokens=tokens,
+        step_seconds=max(0.0, elapsed - aside),
     )
