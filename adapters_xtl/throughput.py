@@ -4,7 +4,7 @@ grid will cost here instead of guessing.
 A FLOP-count estimate (tokens x 4N / (peak x assumed MFU)) is off by an order of magnitude on
 small backbones: real MFU varies 10x between a laptop CPU and an H100, and padded lengths
 differ from the task's max length. Every training run therefore appends one line to
-``$XTL_CACHE/throughput.jsonl``: backbone, quantization, method, device kind, task, batch size,
+``$XTL_CACHE/throughput.jsonl`` (or ``$XTL_THROUGHPUT``): backbone, quantization, method, device kind, task, batch size,
 seconds per optimizer step (dev evaluation excluded) and real tokens per step. The planner then
 prices a job from the closest measurement it has:
 
@@ -33,6 +33,8 @@ KEY_FIELDS = ("backbone", "quantization", "method", "device")
 def throughput_path(cache_dir: str | Path | None = None) -> Path:
     from .embedded import default_cache_dir
 
+    if cache_dir is None and os.environ.get("XTL_THROUGHPUT"):
+        return Path(os.environ["XTL_THROUGHPUT"])  # tests keep tiny-model timings out of the user's file
     return Path(cache_dir or default_cache_dir()) / FILE_NAME
 
 

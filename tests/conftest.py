@@ -18,6 +18,10 @@ SHARED_DATA = Path(os.environ.get("XTL_SHARED_DATA", REPO.parent / "shared" / "d
 def pytest_configure(config):
     # keep the built backbone across tests (and across runs on one machine)
     os.environ.setdefault("XTL_CACHE", str(REPO / ".cache"))
+    # training runs record their speed for the planner; tiny-model timings stay out of the cache
+    import tempfile
+
+    os.environ.setdefault("XTL_THROUGHPUT", str(Path(tempfile.mkdtemp(prefix="xtl-throughput-")) / "throughput.jsonl"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

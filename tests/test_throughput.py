@@ -62,6 +62,7 @@ def test_records_survive_a_torn_line(tmp_path):
 
 def test_training_records_its_speed_and_the_dry_run_uses_it(tiny_backbone_dir, tmp_path, registry, monkeypatch):
     monkeypatch.setenv("XTL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("XTL_THROUGHPUT", raising=False)
     task = write_toy_task(tmp_path / "toy")
     bb = load_backbone(str(tiny_backbone_dir))
     tm = train_module(bb, str(task), name="toy-speed", registry=registry,
