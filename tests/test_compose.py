@@ -211,3 +211,31 @@ def test_composition_refuses_mixed_methods_and_mismatched_continue(tiny_backbone
     with pytest.raises(XtlError, match="is lora; the target module is bottleneck"):
         train_module(bb2, str(task), name="t", method="bottleneck", registry=registry, train_config=FAST,
                      composition={"kind": "stack", "modules": ["r8"]})
+
+
+def test_continue_starts_the_target_as_an_exact_copy_of_the_intermediate(tiny_backbone_dir, tmp_path, registry):
+    from adapters_xtl.model import attach_new
+
+    task = write_toy_task(tmp_path / "toy")
+    bb = load_backbone(str(tiny_backbone_dir))
+    train_module(bb, str(task), name="inter-a", registry=registry, train_config=FAST)
+    m = get_method("lora")
+    cfg = m.make_config({})
+    attach_new(bb, "lora", cfg, "tgt")
+    state, mans = compose_into(bb, registry, Composition(kind="continue", modules=["inter-a"]), "lora", "tgt",
+                               cfg.model_dump())
+    saved = registry.load("inter-a")[1]
+    now = m.state_dict(bb, "tgt")
+    assert now and all(torch.equal(v, saved[f"module.{k}"]) for k, v in now.items())
+    assert [man.name for man in mans] == ["inter-a"]
+    state.teardown(bb)
+    m.remove(bb, "tgt")
+
+
+def test_multitask_mixing_is_proportional_capped_or_uniform():
+    from adapters_xtl.multitask import mixing_weights
+
+    assert mixing_weights([100, 300], "proportional", None) == pytest.approx([0.25, 0.75])
+    # T5-style cap: a huge task counts as `cap` examples
+    assert mixing_weights([100, 300, 50_000], "proportional", 1000) == pytest.approx([100 / 1400, 300 / 1400, 1000 / 1400])
+    assert mixing_weights([100, 300, 50_000], "uniform", 1000) == pytest.approx([1 / 3] * 3)
