@@ -5,6 +5,7 @@ score it zero-shot, register it. The CLI, recipes and the grid runner all go thr
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,34 @@ class TrainedModule:
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     trainable_params: int = 0
     total_params: int = 0
+
+
+class SwapClock:
+    """Seconds spent putting modules on and taking them off the loaded backbone: reading them
+    from the registry, attaching, composing, tearing down. A grid keeps one backbone and swaps
+    modules per cell; the runner reports this time next to the cell's, because a swap that is
+    not negligible would argue for another design (one process per cell)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    @contextmanager
+    def measure(self):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+    def add_since(self, t0: float) -> None:
+        self.seconds += time.perf_counter() - t0
+
+    def take(self) -> float:
+        s, self.seconds = self.seconds, 0.0
+        return s
+
+
+swap_clock = SwapClock()
 
 
 def default_main_metric(spec: TaskSpec) -> str:
@@ -142,15 +171,16 @@ def train_module(
     dev_ex = load_examples(train_task, dev_split, train_task.train_language, data_dir, limit=cfg.eval_examples) if dev_split else None
 
     slot = slot_name(f"{name}_training")
-    method_obj.remove(backbone, slot)
     from .train import set_seed
 
-    set_seed(cfg.seed)  # the seed decides the module's and the head's initialisation too
-    attach_new(backbone, method, mcfg, slot)
     state = None
     try:
-        state, inter_mans = compose_into(backbone, registry, comp, method, slot, mcfg.model_dump())
-        state.activate(backbone, train=True)
+        with swap_clock.measure():
+            method_obj.remove(backbone, slot)
+            set_seed(cfg.seed)  # the seed decides the module's and the head's initialisation too
+            attach_new(backbone, method, mcfg, slot)
+            state, inter_mans = compose_into(backbone, registry, comp, method, slot, mcfg.model_dump())
+            state.activate(backbone, train=True)
         model = TaskModel(backbone, spec)
         fmt = model.format
         tok = backbone.tokenizer
@@ -200,9 +230,10 @@ def train_module(
                                                      composition=comp.kind))
         return TrainedModule(manifest, result, scores, n_train, total)
     finally:
-        if state is not None:
-            state.teardown(backbone)
-        method_obj.remove(backbone, slot)
+        with swap_clock.measure():
+            if state is not None:
+                state.teardown(backbone)
+            method_obj.remove(backbone, slot)
 
 
 def non_embedding_params(backbone: Backbone) -> int:
@@ -274,6 +305,7 @@ def evaluate_module(
         label = f"backbone:{backbone.fingerprint.model_id}"
     else:
         name, _, version = module.partition("@")
+        t_swap = time.perf_counter()
         man, tensors = registry.load(name, version or None, expect_backbone=backbone.fingerprint,
                                      allow_backbone_mismatch=allow_backbone_mismatch)
         module_w, head_w, extra_w = _split_all(tensors)
@@ -285,15 +317,17 @@ def evaluate_module(
             comp = Composition()
         method_obj = get_method(man.method)
         slot = slot_name(f"{man.name}_v{man.version}_eval")
-        method_obj.remove(backbone, slot)
-        attach_saved(backbone, man.method, man.method_config, module_w, slot)
         state = None
         try:
+            method_obj.remove(backbone, slot)
+            attach_saved(backbone, man.method, man.method_config, module_w, slot)
             state, _ = compose_into(backbone, registry, comp, man.method, slot, man.method_config,
                                     allow_backbone_mismatch=allow_backbone_mismatch)
             if extra_w:
                 state.load_extra(backbone, extra_w)
             state.activate(backbone, train=False)
+            swap_clock.add_since(t_swap)
+            t_swap = None
             model = TaskModel(backbone, spec)
             if spec.format != "retrieval":
                 if man.task != spec.name and spec.name not in man.head.get("tasks", []) and \
@@ -308,9 +342,12 @@ def evaluate_module(
                 model.head.load_state_dict(head_w)
             scores = evaluate(model, spec, languages, data_dir=data_dir, limit=limit)
         finally:
-            if state is not None:
-                state.teardown(backbone)
-            method_obj.remove(backbone, slot)
+            if t_swap is not None:  # attaching failed: the clock still stops
+                swap_clock.add_since(t_swap)
+            with swap_clock.measure():
+                if state is not None:
+                    state.teardown(backbone)
+                method_obj.remove(backbone, slot)
         label = f"{man.name}@{man.version}"
         if update_registry and spec.name == man.task:
             registry.update_scores(man.name, man.version, scores)

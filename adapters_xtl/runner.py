@@ -191,8 +191,11 @@ def run_plan(plan: Plan, run_dir: Path, *, registry: Registry | None = None, bac
                 tm = train_module(backbone, spec, eval_languages=[spec.train_language], **common)
             console.print(f"  trained {tm.manifest.name}: {_fmt_scores(tm.scores)} in {tm.result.seconds:.0f}s")
 
+        from .pipeline import swap_clock
+
         for cell in todo:
             t0 = time.perf_counter()
+            swap_clock.take()
             spec = get_task(cell.target)
             inter_tasks = [next(m.task for m in plan.modules if m.name == n) for n in cell.intermediates]
             rows_extra = {"cell": cell.key, "target": cell.target, "composition": cell.composition,
@@ -208,6 +211,7 @@ def run_plan(plan: Plan, run_dir: Path, *, registry: Registry | None = None, bac
                 tm = _run_training_cell(cell, plan, backbone, registry, data_dir, progress, run_dir, train_module)
                 scores, module_name = tm.scores, f"{tm.manifest.name}@{tm.manifest.version}"
             seconds = time.perf_counter() - t0
+            swap = swap_clock.take()
             rows_extra["target"] = spec.name
             rows = [{"module": module_name, "task": spec.name, "language": lang, "metric": metric,
                      "score": round(float(v), 4), **rows_extra}
@@ -215,9 +219,9 @@ def run_plan(plan: Plan, run_dir: Path, *, registry: Registry | None = None, bac
             append_results(results, rows)
             _atomic_json(run_dir / "cells" / f"{cell.key}.json",
                          {"cell": json.loads(cell.model_dump_json()), "scores": scores, "seconds": round(seconds, 2),
-                          "module": module_name})
+                          "swap_seconds": round(swap, 4), "module": module_name})
             progress.update(grid, advance=1)
-            console.print(f"  {cell.label}: {_fmt_scores(scores)} ({seconds:.0f}s)")
+            console.print(f"  {cell.label}: {_fmt_scores(scores)} ({seconds:.0f}s, module swaps {swap:.2f}s)")
     return results
 
 

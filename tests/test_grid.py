@@ -97,6 +97,10 @@ def test_grid_runs_caches_resumes_and_reports(tiny_backbone_dir, tmp_path, regis
     assert (run / "heatmap.png").stat().st_size > 1000 and (run / "report.csv").exists()
     cell = json.loads(next((run / "cells").glob("*.json")).read_text())
     assert cell["seconds"] >= 0 and cell["scores"]
+    # module swaps (registry reads, attach, compose, teardown) are timed per cell, within the cell
+    swaps = [json.loads(p.read_text())["swap_seconds"] for p in (run / "cells").glob("*.json")]
+    assert all(0 <= s <= json.loads(p.read_text())["seconds"] for s, p in zip(swaps, (run / "cells").glob("*.json")))
+    assert any(s > 0 for s in swaps)
 
 
 def test_recipe_composition_errors(tmp_path):
