@@ -5,3 +5,19 @@ bottleneck adapters (adapters) on a frozen, optionally quantized XLM-R backbone.
 """
 
 __version__ = "0.1.0"
+
+
+def _quiet_known_warnings() -> None:
+    """bitsandbytes warns on import, on CPUs with AVX512-BF16, that it cannot fetch an optional
+    kernel from the Hub. We never use that kernel (`backbone.fix_cpu_4bit` keeps 4-bit layers on
+    the portable path), so the warning only alarms users; every other bitsandbytes message stays."""
+    import logging
+
+    class _DropKernelsHint(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "gemm_4bit_forward from kernels-community" not in record.getMessage()
+
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropKernelsHint())
+
+
+_quiet_known_warnings()
