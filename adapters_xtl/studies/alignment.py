@@ -38,6 +38,20 @@ def _matrix(a: Any, name: str) -> np.ndarray:
     return m
 
 
+def _centered_unit_pair(X: Any, Y: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """Column-centred X and Y, each scaled to unit Frobenius norm (so the fourth powers in CKA's
+    norms cannot overflow or underflow); None when either is constant (it has no geometry)."""
+    x, y = _matrix(X, "X"), _matrix(Y, "Y")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"X has {x.shape[0]} rows but Y has {y.shape[0]}; row i must pair with row i")
+    x = x - x.mean(axis=0, keepdims=True)
+    y = y - y.mean(axis=0, keepdims=True)
+    sx, sy = np.linalg.norm(x), np.linalg.norm(y)
+    if sx == 0 or sy == 0:
+        return None
+    return x / sx, y / sy
+
+
 def linear_cka(X: Any, Y: Any) -> float:
     """Linear centered kernel alignment between representations ``X`` (n x d1) and ``Y`` (n x d2).
 
@@ -45,16 +59,10 @@ def linear_cka(X: Any, Y: Any) -> float:
     feature-space form, O(n d^2), so large n is cheap.  Rows must pair up.  In [0, 1]; 1 for
     ``Y = X Q s + b`` (Q orthogonal, s > 0).  A constant representation has no geometry: NaN.
     """
-    x, y = _matrix(X, "X"), _matrix(Y, "Y")
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"X has {x.shape[0]} rows but Y has {y.shape[0]}; row i must pair with row i")
-    x = x - x.mean(axis=0, keepdims=True)
-    y = y - y.mean(axis=0, keepdims=True)
-    # rescale first so the fourth powers in the Frobenius norms cannot overflow or underflow
-    sx, sy = np.linalg.norm(x), np.linalg.norm(y)
-    if sx == 0 or sy == 0:
+    pair = _centered_unit_pair(X, Y)
+    if pair is None:
         return float("nan")
-    x, y = x / sx, y / sy
+    x, y = pair
     cross = np.linalg.norm(y.T @ x) ** 2
     denom = np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)
     return float(np.clip(cross / denom, 0.0, 1.0))
@@ -72,18 +80,13 @@ def linear_cka_debiased(X: Any, Y: Any) -> float:
     when n (sentences) is not far above the dimension, where :func:`linear_cka` is biased upwards
     by roughly d/n.  Needs n >= 4; can be slightly negative for unrelated data.  O(n^2 d).
     """
-    x, y = _matrix(X, "X"), _matrix(Y, "Y")
-    n = x.shape[0]
-    if y.shape[0] != n:
-        raise ValueError(f"X has {n} rows but Y has {y.shape[0]}; row i must pair with row i")
+    n = _matrix(X, "X").shape[0]
     if n < 4:
         raise ValueError(f"the unbiased HSIC needs at least 4 rows, got {n}")
-    x = x - x.mean(axis=0, keepdims=True)
-    y = y - y.mean(axis=0, keepdims=True)
-    sx, sy = np.linalg.norm(x), np.linalg.norm(y)
-    if sx == 0 or sy == 0:
+    pair = _centered_unit_pair(X, Y)
+    if pair is None:
         return float("nan")
-    x, y = x / sx, y / sy
+    x, y = pair
 
     def hsic(k: np.ndarray, l: np.ndarray) -> float:
         k, l = k.copy(), l.copy()
