@@ -201,6 +201,18 @@ class Plan(BaseModel):
     recipe_hash: str
 
 
+def task_train_defaults(task: str | None) -> dict[str, Any]:
+    """A task's own training defaults (its YAML `defaults.train`), the bottom layer of a cell's
+    training settings: task defaults < recipe `train:` < the entry's `train:`/`steps:`. Without it a
+    grid would drop what a task needs and the recipe does not say (a tagging head's `head_lr`),
+    while `xtl train` on the same task would honour it. A multi-task mix has no single task."""
+    from .tasks import get_task
+
+    if not task:
+        return {}
+    return dict(get_task(task).defaults.get("train", {}))
+
+
 def expand(recipe: Recipe) -> Plan:
     """Recipe -> modules to have + cells, every one keyed by its resolved config."""
     from .methods import get_method
@@ -220,7 +232,7 @@ def expand(recipe: Recipe) -> Plan:
     modules: dict[tuple[str, int], ModuleJob] = {}
     for seed in recipe.seeds:
         for inter in recipe.intermediate:
-            tr = {**recipe.train, **inter.train, "seed": seed}
+            tr = {**task_train_defaults(inter.task), **recipe.train, **inter.train, "seed": seed}
             if inter.steps:
                 tr["steps"] = inter.steps
             what = {"task": inter.task} if inter.task else {"multitask": inter.multitask, "sampling": inter.sampling,
@@ -236,7 +248,7 @@ def expand(recipe: Recipe) -> Plan:
     cells = []
     for target in recipe.targets:
         for seed in recipe.seeds:
-            tr = {**recipe.train, **target.train, "seed": seed}
+            tr = {**task_train_defaults(target.task), **recipe.train, **target.train, "seed": seed}
             if target.steps:
                 tr["steps"] = target.steps
             retrieval = get_task(target.task).format == "retrieval"

@@ -116,3 +116,22 @@ def test_recipe_composition_errors(tmp_path):
     r.write_text("name: x\nintermediate: [{multitask: [demo-nli]}]\n")
     with pytest.raises(XtlError, match="two or more"):
         load_recipe(r)
+
+
+def test_task_training_defaults_are_the_bottom_layer_of_a_cell(tmp_path, tiny_backbone_dir):
+    """A tagging task's `head_lr` (in its YAML) reaches grid cells as it reaches `xtl train`;
+    the recipe's `train:` and each entry's `train:` override it, in that order."""
+    task = write_toy_task(tmp_path / "t", extra_yaml="defaults: {train: {head_lr: 0.05, lr: 0.1, warmup_ratio: 0.2}}")
+    r = tmp_path / "r.yaml"
+    r.write_text(yaml.safe_dump({
+        "name": "layers", "backbone": str(tiny_backbone_dir), "seeds": [1],
+        "train": {"lr": 0.005, "steps": 4},
+        "intermediate": [{"task": str(task), "name": "i", "train": {"warmup_ratio": 0.0}}],
+        "targets": [{"task": str(task), "train": {"head_lr": 0.01}}],
+        "compositions": ["single"],
+    }))
+    plan = expand(load_recipe(r))
+    (module,) = plan.modules
+    assert module.train == {"head_lr": 0.05, "lr": 0.005, "warmup_ratio": 0.0, "steps": 4, "seed": 1}
+    (cell,) = plan.cells
+    assert cell.train == {"head_lr": 0.01, "lr": 0.005, "warmup_ratio": 0.2, "steps": 4, "seed": 1}
