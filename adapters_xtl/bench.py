@@ -694,9 +694,39 @@ def run_configs(configs: list[BenchConfig], *, peak_flops: float | None, isolate
                 rec = {"key": cfg.key(), **cfg.model_dump(exclude={"trim_texts", "peak_flops"}), "status": f"error: {e}"}
             rec["mem_scope"] = "in-process (peaks may include earlier configurations)"
         out.append(rec)
+        remember_throughput(cfg, rec)
         if on_result:
             on_result(rec)
     return out
+
+
+# the backbones whose training speed a shape stands for (the planner prices recipes by name)
+SHAPE_BACKBONES = {"e5-small": "xlmr-e5-small", "base": "xlm-roberta-base", "large": "xlm-roberta-large"}
+
+
+def remember_throughput(cfg: BenchConfig, rec: dict) -> None:
+    """A plain configuration (no memory or speed measure switched on) measures how fast this
+    device trains that backbone: record it where `xtl run --dry-run` prices plans
+    (throughput.py), so the paper grid's estimate on this machine uses the measured speed of the
+    XLM-R large shape instead of a guessed MFU. FLOPs per step use the planner's own count
+    (4 x non-embedding parameters x tokens), so its FLOP/s are comparable."""
+    from . import throughput
+    from .runner import NON_EMBEDDING_PARAMS
+
+    name = SHAPE_BACKBONES.get(cfg.shape)
+    plain = (not cfg.grad_ckpt and cfg.optimizer == "adamw" and cfg.embeddings == "full" and cfg.attn == "sdpa"
+             and not cfg.compile and not cfg.method_config)
+    if not name or not plain or rec.get("status") != "ok" or not rec.get("step_s"):
+        return
+    tokens = cfg.batch * cfg.seq
+    try:
+        throughput.record({"backbone": name, "quantization": cfg.quant, "method": cfg.method,
+                           "device": torch.device(cfg.device or "cpu").type,
+                           "task": f"bench:b{cfg.batch}xs{cfg.seq}", "batch_size": cfg.batch, "steps": cfg.steps,
+                           "seconds_per_step": rec["step_s"], "tokens_per_step": tokens,
+                           "flops_per_step": 4.0 * NON_EMBEDDING_PARAMS[name] * tokens, "source": "xtl bench"})
+    except OSError:
+        pass
 
 
 # ------------------------------------------------------------------------------------ padding

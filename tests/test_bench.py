@@ -232,3 +232,24 @@ def test_project_grid():
         B.throughput_from(rows, shape="base", method="lora")
     with pytest.raises(XtlError):
         B.project_grid(1, 1.0, 0.0)
+
+
+def test_plain_shape_configurations_price_the_planner(tmp_path, monkeypatch):
+    """`xtl bench` on the large shape tells `xtl run --dry-run` how fast XLM-R large trains here;
+    configurations with a memory or speed measure switched on, failures and folders do not."""
+    from adapters_xtl import throughput
+
+    monkeypatch.setenv("XTL_THROUGHPUT", str(tmp_path / "t.jsonl"))
+    ok = {"status": "ok", "step_s": 2.0}
+    B.remember_throughput(B.BenchConfig(shape="large", batch=8, seq=128, device="cpu"), ok)
+    B.remember_throughput(B.BenchConfig(shape="large", grad_ckpt=True, device="cpu"), ok)
+    B.remember_throughput(B.BenchConfig(shape="large", embeddings="4bit", device="cpu"), ok)
+    B.remember_throughput(B.BenchConfig(shape="base", device="cpu"), {"status": "oom: ..."})
+    B.remember_throughput(B.BenchConfig(shape=str(tmp_path), device="cpu"), ok)
+    (row,) = throughput.read()
+    assert row["backbone"] == "xlm-roberta-large" and row["device"] == "cpu" and row["quantization"] == "none"
+    assert row["seconds_per_step"] == 2.0 and row["tokens_per_step"] == 8 * 128
+    cost = throughput.step_cost([row], backbone="xlm-roberta-large", quantization="none", method="lora",
+                                device="cpu", task="xnli", batch_size=32, flops_per_step=2 * row["flops_per_step"],
+                                guess_flops_per_s=1.0)
+    assert cost.source == "flops" and cost.seconds == 4.0
