@@ -191,7 +191,13 @@ def load_examples(
     rows, origin = read_source(spec, read_split, lang, data_dir)
     examples = to_roles(spec, rows, origin, lang, spec.source_for(read_split).columns)
     if spec.id_split:
-        examples = [e for e in examples if _in_id_split(str(e["id"]), spec.id_split, side)]
+        col = spec.id_split.id_column
+        if col != "__line__" and col not in examples[0]:
+            raise XtlError(f"id_split.id_column {col!r} is not a role of task {spec.name!r} (roles: {sorted(examples[0])})",
+                           where=spec.file or spec.name,
+                           fix="name a role from `columns` (id, context, ...) or __line__ (the row number)")
+        examples = [e for i, e in enumerate(examples)
+                    if _in_id_split(str(i) if col == "__line__" else str(e[col]), spec.id_split, side)]
         if not examples:
             raise XtlError(f"the id split left no {side} examples", where=origin, fix="check id_split.train_fraction")
     elif spec.id_column and split != "train" and "train" in spec.splits:

@@ -181,8 +181,10 @@ def test_local_task_files_resolve_and_first_examples_load(name, shared_data):
         if spec.format == "tagging":
             assert all(len(e["tokens"]) == len(e["tags"]) for e in ev)
     if spec.id_split:  # no translation of a training example is evaluated, in any language
-        tr = {str(e["id"]) for e in load_examples(spec, "train", spec.train_language, shared_data)}
-        ev = {str(e["id"]) for e in load_examples(spec, spec.eval_split, langs[-1], shared_data)}
+        col = spec.id_split.id_column
+        key = "id" if col == "__line__" else col  # __line__ tasks name the row number as their id
+        tr = {str(e[key]) for e in load_examples(spec, "train", spec.train_language, shared_data)}
+        ev = {str(e[key]) for e in load_examples(spec, spec.eval_split, langs[-1], shared_data)}
         assert tr and ev and not tr & ev
 
 

@@ -142,6 +142,15 @@ languages: {{en: en, de: de}}
     test_ids = {e["id"] for e in load_examples(spec, "test", "de")}
     assert train_ids and test_ids and not (train_ids & test_ids)
     assert len(train_ids) + len(test_ids) == 200
+    # a role decides the side when named: every row sharing its value lands together
+    y.write_text(y.read_text().replace("id_split: {train_fraction: 0.5, seed: 3}",
+                                       "id_split: {id_column: label, train_fraction: 0.5, seed: 3}"))
+    spec = get_task(str(y))
+    sides = [{e["label"] for e in load_examples(spec, s, "en")} for s in ("train", "test")]
+    assert sides == [{"a"}, {"b"}]  # seed 3 hashes label a to train, b to evaluation
+    y.write_text(y.read_text().replace("id_column: label", "id_column: sentence"))
+    with pytest.raises(XtlError, match="id_split.id_column 'sentence' is not a role"):
+        load_examples(get_task(str(y)), "train", "en")
 
 
 def test_id_column_drops_eval_rows_that_leak_from_train(tmp_path):

@@ -192,6 +192,20 @@ def test_hub_style_answers_accepted():
     assert sq.gold_answers(e) == [("a", 0), ("b", 3)]
 
 
+def test_empty_answer_texts_are_no_answers_not_a_zero_score():
+    """Answer-stripped dev files (some XTREME dumps of TyDiQA-GoldP) must not score 0: questions
+    without an answer text are left out with a warning, and a file without any is an error."""
+    ctx = "the cat sat on the mat. a dog runs in the park."
+    assert sq.gold_answers({"answers": [{"text": "", "answer_start": 0}, {"text": "dog", "answer_start": 26}]}) == [("dog", 26)]
+    assert sq.gold_answers({"answers": {"text": [" "], "answer_start": [0]}}) == []
+    rows = [ex("a", ctx, "who runs?", "dog"), ex("b", ctx, "who sits?", "", start=0)]
+    with pytest.warns(UserWarning, match="1 questions have no gold answer"):
+        assert sq.SpanQA().score_predictions(["dog", "cat"], rows, spec_for())["exact_match"] == 100.0
+    stripped = [ex("a", ctx, "who runs?", "", start=0), ex("b", ctx, "who sits?", "", start=0)]
+    with pytest.warns(UserWarning), pytest.raises(XtlError, match="none of the 2 questions has a gold answer"):
+        sq.SpanQA().score_predictions(["dog", "cat"], stripped, spec_for())
+
+
 # -- decoding ---------------------------------------------------------------------------------------
 
 
@@ -445,6 +459,14 @@ def test_real_files_question_counts(shared_data):
     assert len({r["id"] for r in rows}) < len(rows)
     bad = [r["id"] for r in rows if sq.locate_answer(r["context"], r["answers"][0]["text"], r["answers"][0]["answer_start"]) is None]
     assert not bad
+    # tydiqa-local splits that file by paragraph: no context is on both sides
+    from adapters_xtl.data import load_examples
+
+    spec = get_task("tydiqa-local")
+    train = load_examples(spec, "train", "en", shared_data)
+    held = load_examples(spec, "validation", "en", shared_data)
+    assert len(train) + len(held) == 3696 and 0.05 < len(held) / 3696 < 0.2
+    assert not {e["context"] for e in train} & {e["context"] for e in held}
 
 
 def test_real_xquad_labels_map_back_with_xlmr_tokenizer(shared_data, e5_small_dir):

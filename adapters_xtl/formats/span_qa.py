@@ -80,22 +80,28 @@ def mlqa_language(spec, lang: str | None) -> str:
 
 
 def gold_answers(example: dict) -> list[tuple[str, int | None]]:
-    """(text, answer_start) pairs, from our readers' list of dicts or a Hub row's dict of lists."""
+    """(text, answer_start) pairs, from our readers' list of dicts or a Hub row's dict of lists.
+
+    An answer with empty text is no answer: SQuAD v1.1 has none, and copies of XTREME's
+    TyDiQA-GoldP dev with the answers stripped carry ``{"text": "", "answer_start": 0}``;
+    counting those as gold would score every prediction 0 instead of saying the file has no
+    answers."""
     ans = example.get("answers")
     if ans is None:
         return []
     if isinstance(ans, Mapping):  # datasets' squad: {"text": [...], "answer_start": [...]}
         texts = list(ans.get("text") or [])
         starts = list(ans.get("answer_start") or [None] * len(texts))
-        return [(str(t), None if s is None else int(s)) for t, s in zip(texts, starts)]
-    out = []
-    for a in ans:
-        if isinstance(a, Mapping):
-            s = a.get("answer_start")
-            out.append((str(a.get("text", "")), None if s is None else int(s)))
-        else:
-            out.append((str(a), None))
-    return out
+        pairs = [(str(t), None if s is None else int(s)) for t, s in zip(texts, starts)]
+    else:
+        pairs = []
+        for a in ans:
+            if isinstance(a, Mapping):
+                s = a.get("answer_start")
+                pairs.append((str(a.get("text", "")), None if s is None else int(s)))
+            else:
+                pairs.append((str(a), None))
+    return [(t, s) for t, s in pairs if t.strip()]
 
 
 def _check_roles(examples: list[dict], spec) -> None:
@@ -340,8 +346,10 @@ class SpanQA(Format):
                           "left out of the score", stacklevel=2)
             golds = {i: g for i, g in golds.items() if g}
         if not golds:
-            raise XtlError("no question has a gold answer", where=spec.file or spec.name,
-                           fix="check the `answers` column")
+            raise XtlError(f"none of the {len(examples)} questions has a gold answer (empty `answers` or empty "
+                           "answer texts)", where=spec.file or spec.name,
+                           fix="evaluate on a file with answers: some XTREME mirrors strip them from TyDiQA-GoldP dev; "
+                               "use the Hub task (`tydiqa`) or a copy with answers")
         pred_map = dict(enumerate(preds))
         if uses_mlqa_metric(spec):
             s = metrics.mlqa_scores(pred_map, golds, mlqa_language(spec, lang))

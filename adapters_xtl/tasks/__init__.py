@@ -71,7 +71,9 @@ class IdSplit(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id_column: str = "__line__"  # "__line__": the row number (line-aligned translations)
+    # what decides the side: "__line__" (the row number, for line-aligned translations) or a role
+    # (`id`; `context` keeps every question about one paragraph on one side)
+    id_column: str = "__line__"
     train_fraction: float = 0.5
     seed: int = 0
 
