@@ -187,8 +187,9 @@ def _run_plan(plan, out: Path, *, dry_run: bool, registry: Optional[Path], devic
         if src["guess"]:
             how.append(f"{src['guess']} guessed from the {est['peak_tflops']:.2f} TFLOP/s matmul peak x "
                        f"{est['assumed_mfu']:.0%} assumed MFU (no run measured here yet)")
-        console.print(f"estimated training time on this machine ({est['device']}): {est['hours']:.2f} h for "
-                      f"{est['jobs']} trainings; {'; '.join(how) or 'nothing to train'}. Evaluation not included.")
+        console.print(f"estimated training time on this machine ({est['device']}): {est['hours']:,.2f} h for "
+                      f"{est['jobs']} trainings, {est['training_tokens'] / 1e6:,.1f}M training tokens (batch x half the "
+                      f"max length per step); {'; '.join(how) or 'nothing to train'}. Evaluation not included.")
         return
     t0 = time.perf_counter()
     run_plan(plan, out, registry=reg, console=console, device=device)
