@@ -180,7 +180,9 @@ def heatmap(tables: dict, path: Path) -> Path | None:
     for i in range(len(rows)):
         for j in range(len(targets)):
             if not np.isnan(data[i, j]):
-                ax.text(j, i, f"{data[i, j]:+.1f}", ha="center", va="center", fontsize=8)
+                dark = abs(data[i, j]) > 0.6 * lim  # white on the saturated ends of the colour map
+                ax.text(j, i, f"{data[i, j]:+.1f}", ha="center", va="center", fontsize=8,
+                        color="white" if dark else "black")
     fig.colorbar(im, ax=ax, label="gain (points)")
     ax.set_title("gain over no intermediate\n(mean over languages)", fontsize=10)
     fig.tight_layout()
