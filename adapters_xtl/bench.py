@@ -715,7 +715,8 @@ def remember_throughput(cfg: BenchConfig, rec: dict) -> None:
 
     name = SHAPE_BACKBONES.get(cfg.shape)
     plain = (not cfg.grad_ckpt and cfg.optimizer == "adamw" and cfg.embeddings == "full" and cfg.attn == "sdpa"
-             and not cfg.compile and not cfg.method_config)
+             and not cfg.compile and not cfg.method_config
+             and cfg.warmup >= 1)  # an unwarmed first step carries one-time costs (allocation, bnb repacking)
     if not name or not plain or rec.get("status") != "ok" or not rec.get("step_s"):
         return
     tokens = cfg.batch * cfg.seq

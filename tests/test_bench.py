@@ -244,6 +244,7 @@ def test_plain_shape_configurations_price_the_planner(tmp_path, monkeypatch):
     B.remember_throughput(B.BenchConfig(shape="large", batch=8, seq=128, device="cpu"), ok)
     B.remember_throughput(B.BenchConfig(shape="large", grad_ckpt=True, device="cpu"), ok)
     B.remember_throughput(B.BenchConfig(shape="large", embeddings="4bit", device="cpu"), ok)
+    B.remember_throughput(B.BenchConfig(shape="large", warmup=0, device="cpu"), ok)
     B.remember_throughput(B.BenchConfig(shape="base", device="cpu"), {"status": "oom: ..."})
     B.remember_throughput(B.BenchConfig(shape=str(tmp_path), device="cpu"), ok)
     (row,) = throughput.read()
