@@ -897,7 +897,8 @@ def _release_memory(dev: torch.device) -> None:
 
 def peer_compare(backbone: str = "xlmr-e5-small", *, steps: int = 30, batch: int = 16, lr: float = 2e-3, seed: int = 42,
                  device: str | None = None, r: int = 8, alpha: int = 16, dropout: float = 0.1,
-                 progress: Callable[[str], None] | None = None) -> dict:
+                 progress: Callable[[str], None] | None = None, task: str = "demo-topic",
+                 data_dir: Path | None = None) -> dict:
     """The same LoRA training (backbone, demo-topic data, batch, max length, lr, steps, LoRA r/alpha/
     dropout/targets) through our trainer and through a plain peft + transformers `Trainer` script,
     in this process, one after the other. Throughput is timed from the end of the first step to the
@@ -918,9 +919,12 @@ def peer_compare(backbone: str = "xlmr-e5-small", *, steps: int = 30, batch: int
     # import both sides' libraries first: lazy imports inside a timed/metered window would be
     # charged to whichever side runs first
     _peer_imports()
-    spec = get_task("demo-topic")
-    train_ex = load_examples(spec, "train", "en")
-    dev_ex = load_examples(spec, "validation", "en")
+    spec = get_task(task)
+    if spec.format != "classification" or "text_pair" in spec.columns:
+        raise XtlError(f"--peer-task {task!r} is {spec.format}{' with sentence pairs' if 'text_pair' in spec.columns else ''}",
+                       where="--peer-task", fix="name a single-sentence classification task (demo-topic, sib200, sst2-local)")
+    train_ex = load_examples(spec, "train", spec.train_language, data_dir)
+    dev_ex = load_examples(spec, "validation", spec.train_language, data_dir, limit=200)
     labels = list(spec.labels)
     targets = ["query", "key", "value", "dense"]
     meter = MemoryMeter(dev)
@@ -1032,7 +1036,7 @@ def peer_compare(backbone: str = "xlmr-e5-small", *, steps: int = 30, batch: int
     del trainer, pmodel, base
     _release_memory(dev)
     return {
-        "backbone": backbone, "device": device_name(dev), "task": "demo-topic", "train_examples": len(train_ex),
+        "backbone": backbone, "device": device_name(dev), "task": spec.name, "train_examples": len(train_ex),
         "dev_examples": len(dev_ex), "steps": steps, "batch": batch, "lr": lr, "max_length": spec.max_length,
         "lora": {"r": r, "alpha": alpha, "dropout": dropout, "targets": targets}, "mem_kind": meter.kind,
         "ours": ours, "peer": peer,

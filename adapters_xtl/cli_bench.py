@@ -108,7 +108,7 @@ def embeddings_table(e: dict) -> Table:
 
 
 def peer_table(p: dict) -> Table:
-    t = Table(title=f"LoRA on {p['backbone']}, demo-topic, {p['steps']} steps x batch {p['batch']} ({p['device']})")
+    t = Table(title=f"LoRA on {p['backbone']}, {p.get('task', 'demo-topic')}, {p['steps']} steps x batch {p['batch']} ({p['device']})")
     for c in ("", "samples/s", "peak mem", "mem increase", "dev accuracy", "padding waste", "trainable"):
         t.add_column(c, justify="left" if not c else "right")
     for side, name in (("ours", "adapters_xtl.train"), ("peer", "peft + Trainer")):
@@ -147,6 +147,7 @@ def bench(
     backbone: str = typer.Option("xlmr-e5-small", help="the real backbone of --peer and --embeddings-report"),
     peer_steps: int = typer.Option(30, help="training steps of --peer"),
     peer_batch: int = typer.Option(16, help="batch size of --peer"),
+    peer_task: str = typer.Option("demo-topic", help="single-sentence classification task of --peer (demo-topic, sib200, sst2-local)"),
     peak_size: Optional[int] = typer.Option(None, help="matmul size for the peak measurement (default 2048 CPU, 8192 GPU)"),
     peak_flops: Optional[float] = typer.Option(None, help="use this peak FLOP/s instead of measuring it"),
     in_process: bool = typer.Option(False, "--in-process", help="no subprocess per configuration (faster; peak memory "
@@ -238,7 +239,7 @@ def bench(
         console.print(embeddings_table(out["embeddings"]))
     if peer or all_sections:
         out["peer"] = B.peer_compare(backbone, steps=peer_steps, batch=peer_batch, device=str(dev),
-                                     progress=lambda s: console.print(f"  {s}"))
+                                     progress=lambda s: console.print(f"  {s}"), task=peer_task, data_dir=data_dir)
         save()
         console.print(peer_table(out["peer"]))
     save()

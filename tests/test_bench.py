@@ -215,6 +215,8 @@ def test_peer_comparison_runs_both_sides(tiny64):
     assert p["peer"]["trainable_params"] == lora + head
     assert p["speedup_samples_per_s"] > 0 and p["peak_mem_ratio"] > 0
     assert p["ours"]["padding_waste"] < p["peer"]["padding_waste"]
+    with pytest.raises(XtlError, match="sentence pairs"):
+        B.peer_compare(str(tiny64), steps=1, batch=2, device="cpu", task="demo-nli")
 
 
 def test_project_grid():
