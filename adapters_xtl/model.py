@@ -23,16 +23,14 @@ def slot_name(name: str) -> str:
     return "xtl_" + re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 
-class TaskModel(torch.nn.Module):
-    def __init__(self, backbone: Backbone, spec: TaskSpec, head: torch.nn.Module | None = None):
-        super().__init__()
-        self.backbone = backbone
-        self.spec = spec
-        self.format = get_format(spec.format)
-        head = head if head is not None else self.format.make_head(spec, backbone.hidden_size)
-        self.head = head.to(backbone.device) if head is not None else None
+class Encoder:
+    """The backbone seen as an encoder: what the formats' embedding and scoring code asks of a
+    model (device, tokenizer, sizes, `encode`). `TaskModel` adds a head; studies that only embed
+    text use this alone."""
 
-    # conveniences the formats use
+    def __init__(self, backbone: Backbone):
+        self.backbone = backbone
+
     @property
     def device(self):
         return self.backbone.device
@@ -59,6 +57,16 @@ class TaskModel(torch.nn.Module):
             attention_mask=batch["attention_mask"],
             output_hidden_states=output_hidden_states,
         )
+
+
+class TaskModel(Encoder, torch.nn.Module):
+    def __init__(self, backbone: Backbone, spec: TaskSpec, head: torch.nn.Module | None = None):
+        torch.nn.Module.__init__(self)
+        self.backbone = backbone
+        self.spec = spec
+        self.format = get_format(spec.format)
+        head = head if head is not None else self.format.make_head(spec, backbone.hidden_size)
+        self.head = head.to(backbone.device) if head is not None else None
 
     def forward(self, batch):
         hidden = self.encode(batch).last_hidden_state

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from adapters_xtl.errors import XtlError
+from adapters_xtl.model import Encoder  # re-exported: the studies embed text with it
 
 __all__ = [
     "Encoder",
@@ -46,33 +47,6 @@ __all__ = [
     "module_deltas",
     "task_texts",
 ]
-
-
-class Encoder:
-    """The backbone as an embedder (what formats.retrieval.embed expects of a model)."""
-
-    def __init__(self, backbone):
-        self.backbone = backbone
-
-    @property
-    def tokenizer(self):
-        return self.backbone.tokenizer
-
-    @property
-    def num_layers(self) -> int:
-        return self.backbone.num_layers
-
-    @property
-    def hidden_size(self) -> int:
-        return self.backbone.hidden_size
-
-    @property
-    def device(self):
-        return self.backbone.device
-
-    def encode(self, batch, output_hidden_states: bool = False):
-        return self.backbone.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                   output_hidden_states=output_hidden_states)
 
 
 def resolve_layers(layers: Sequence[Any] | None, num_layers: int) -> list[int]:
