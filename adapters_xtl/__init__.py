@@ -6,6 +6,29 @@ bottleneck adapters (adapters) on a frozen, optionally quantized XLM-R backbone.
 
 __version__ = "0.1.0"
 
+# The public API (adapters_xtl/api.py), imported on first use as lm-eval-harness does, so that
+# `import adapters_xtl` and `xtl --help` stay fast and torch loads only when it is needed.
+_PUBLIC = {
+    "Backbone", "TaskCatalog", "LoRA", "Bottleneck", "TrainConfig", "Single", "Stack", "Fuse", "Merge",
+    "Continue", "MultiTask", "Block", "train", "evaluate", "predict", "Registry", "TaskModule", "Recipe", "run",
+    "report", "study", "XtlError",
+}
+__all__ = sorted(_PUBLIC) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        from . import api
+
+        value = getattr(api, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'adapters_xtl' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__
+
 
 def _quiet_known_warnings() -> None:
     """bitsandbytes warns on import, on CPUs with AVX512-BF16, that it cannot fetch an optional

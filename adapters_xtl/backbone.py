@@ -56,6 +56,12 @@ class Backbone:
     def quantization(self) -> str:
         return self.fingerprint.quantization
 
+    @classmethod
+    def load(cls, name: str = "xlmr-e5-small", quantization: str = "none", device: str | None = None) -> "Backbone":
+        """A frozen encoder by name: `xlmr-e5-small` (offline), a Hub id, or a local folder;
+        `quantization` none | 8bit | 4bit (bitsandbytes NF4)."""
+        return load_backbone(name, quantization, device)
+
     def total_params(self) -> int:
         # 4-bit params are packed two per byte: count logical elements via the quant state
         n = 0

@@ -17,15 +17,14 @@ import torch
 
 from .data import load_examples
 from .errors import XtlError
-from .evaluate import evaluate
+from .evaluation import evaluate
 from .formats.base import Format, length_bucketed_batches
-from .manifest import Manifest, library_versions
 from .methods import get_method
-from .methods.base import count_parameters
-from .model import TaskModel, attach_new, slot_name
+from .model import TaskModel
+from .session import ModuleSession
 from .registry import Registry
 from .tasks import TaskSpec, get_task
-from .train import TrainConfig, set_seed, train
+from .trainer import TrainConfig, train
 
 
 def mixing_weights(sizes: list[int], sampling: str, cap: int | None) -> list[float]:
@@ -176,43 +175,29 @@ def train_multitask_module(
     mixture = MixtureFormat(formats, specs, [default_main_metric(s) for s in specs])
     weights = mixing_weights(sizes, sampling, cap)
 
-    slot = slot_name(f"{name}_training")
-    m.remove(backbone, slot)
-    set_seed(cfg.seed)
-    attach_new(backbone, method, mcfg, slot)
-    try:
-        m.activate(backbone, [slot], trainable=[slot])
+    with ModuleSession.new(backbone, name, method, mcfg, registry=registry, seed=cfg.seed) as session:
         model = MultiTaskModel(backbone, specs, mixture)
-        trainable = {f"module.{n}": p for n, p in m.named_parameters(backbone, slot).items()}
-        for spec, tm in zip(specs, model.models):
-            trainable.update({f"heads.{spec.name}.{n}": p for n, p in tm.head.named_parameters()})
-        for p in trainable.values():
-            p.requires_grad_(True)
+        trainable = session.trainable(heads={f"heads.{spec.name}": tm.head for spec, tm in zip(specs, model.models)})
         batcher = mixed_batches([f["_task"] for f in feats], [len(f["input_ids"]) for f in feats],
                                 cfg.batch_size, weights, cfg.seed)
         result = train(model, trainable, feats, dev_feats or None, dev_ex or None, cfg, checkpoint_dir=checkpoint_dir,
                        main_metric="mean_main", progress=progress, description=name, batches_fn=batcher)
-        m.activate(backbone, [slot], trainable=[])
+        session.train_mode(False)
         scores = {}
         for spec, tm in zip(specs, model.models):
             s = evaluate(tm, spec, [spec.train_language], data_dir=data_dir,
                          limit=cfg.eval_examples) if spec.eval_split in spec.splits or spec.id_split else {}
             for lang, ms in s.items():
                 scores.setdefault(lang, {}).update({f"{spec.name}/{k}": v for k, v in ms.items()})
-        weights_out = {n: p.detach().cpu() for n, p in trainable.items() if not n.startswith("module.")}
-        weights_out.update({f"module.{k}": v for k, v in m.state_dict(backbone, slot).items()})
-        manifest = Manifest(
-            name=name, task="mt:" + "+".join(tasks), format="mixture", method=method,
-            method_config=mcfg.model_dump(), head={"kind": "multitask", "tasks": tasks},
-            composition={"kind": "single"}, backbone=backbone.fingerprint, recipe_hash=recipe_hash,
-            steps=cfg.steps, seed=cfg.seed, train_examples=len(feats), scores=scores,
-            trainable_params=count_parameters(trainable.values()), library_versions=library_versions(),
+        manifest = session.manifest(
+            name=name, task="mt:" + "+".join(tasks), format="mixture", head={"kind": "multitask", "tasks": tasks},
+            trainable=trainable, recipe_hash=recipe_hash, steps=cfg.steps, seed=cfg.seed, train_examples=len(feats),
+            scores=scores,
             multitask={"tasks": tasks, "sampling": sampling, "cap": cap, "weights": [round(w, 4) for w in weights]},
             training={"config": cfg.model_dump(), "best_step": result.best_step, "best_dev": result.best_score,
                       "seconds": round(result.seconds, 2)},
             **(extra_manifest or {}),
         )
-        manifest = registry.save(manifest, weights_out)
+        manifest = session.save(registry, manifest, trainable)
         return TrainedModule(manifest, result, scores, manifest.trainable_params, backbone.total_params())
-    finally:
-        m.remove(backbone, slot)
+

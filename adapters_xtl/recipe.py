@@ -86,7 +86,16 @@ class Recipe(BaseModel):
     targets: list[TargetSpec] = Field(default_factory=list)
     compositions: list[CompositionSpec] = Field(default_factory=lambda: [CompositionSpec(kind="single")])
     reuse_registry: bool = True
+    tasks_dir: list[str] = Field(default_factory=list)  # user task folders (relative to the recipe)
     file: str | None = None
+
+    def catalog(self):
+        """The task catalog this recipe's names resolve in: built-in + its `tasks_dir` folders."""
+        from .tasks import TaskCatalog, active_catalog
+
+        if not self.tasks_dir:
+            return active_catalog()
+        return TaskCatalog(include=[*active_catalog().folders, *self.tasks_dir])
 
     @field_validator("compositions", mode="before")
     @classmethod
@@ -145,6 +154,11 @@ def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
     doc = _read_yaml(path)
     if overrides:
         doc = _deep_merge(doc, overrides)
+    if isinstance(doc.get("tasks_dir"), str):
+        doc["tasks_dir"] = [doc["tasks_dir"]]
+    if isinstance(doc.get("tasks_dir"), list):
+        doc["tasks_dir"] = [str(Path(d).expanduser() if Path(d).expanduser().is_absolute() else (path.parent / d).resolve())
+                            for d in doc["tasks_dir"]]
     if doc.get("data_dir") and not doc["data_dir"].startswith("{"):
         dd = Path(doc["data_dir"]).expanduser()
         doc["data_dir"] = str(dd if dd.is_absolute() else (path.parent / dd).resolve())
@@ -215,6 +229,11 @@ def task_train_defaults(task: str | None) -> dict[str, Any]:
 
 def expand(recipe: Recipe) -> Plan:
     """Recipe -> modules to have + cells, every one keyed by its resolved config."""
+    with recipe.catalog().active():
+        return _expand(recipe)
+
+
+def _expand(recipe: Recipe) -> Plan:
     from .methods import get_method
     from .tasks import get_task
 
@@ -275,4 +294,4 @@ def expand(recipe: Recipe) -> Plan:
                         eval_limit=target.eval_limit, train=tr, name=f"{get_task(target.task).name}-{comp.kind}-{key[:8]}",
                     ))
     return Plan(recipe=recipe, modules=list(modules.values()), cells=cells,
-                recipe_hash=config_hash(recipe.model_dump(exclude={"file"})))
+                recipe_hash=config_hash(recipe.model_dump(exclude={"file"} | (set() if recipe.tasks_dir else {"tasks_dir"}))))

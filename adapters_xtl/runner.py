@@ -13,28 +13,21 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from .cost import estimate_hours, measured_peak_flops  # noqa: F401
 from .errors import XtlError
-from .evaluate import append_results, read_results
+from .evaluation import append_results, read_results
 from .recipe import Cell, ModuleJob, Plan
 from .registry import Registry
 from .tasks import get_task
-from .train import TrainConfig
+from .trainer import TrainConfig
 
 
-def make_progress(console: Console | None = None) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
+def make_progress(console: Console | None = None):
+    """Live bars on a terminal, plain timestamped lines in a log (see progress.py)."""
+    from .progress import reporter_for
+
+    return reporter_for(console)
 
 
 def _atomic_json(path: Path, obj) -> None:
@@ -69,71 +62,6 @@ def describe(plan: Plan, registry: Registry, backbone_fp=None, run_dir: Path | N
     }
 
 
-# non-embedding parameters: what a training step's FLOPs scale with (embeddings are lookups)
-NON_EMBEDDING_PARAMS = {"xlmr-e5-small": 21.3e6, "xlm-roberta-base": 85.1e6, "xlm-roberta-large": 302.6e6}
-
-
-def measured_peak_flops(seconds: float = 0.3) -> float:
-    """A quick fp32 (CPU) / bf16 (GPU) matmul peak of this machine, in FLOP/s."""
-    import torch
-
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
-    n = 2048 if dev == "cuda" else 512
-    a = torch.randn(n, n, device=dev, dtype=dtype)
-    b = torch.randn(n, n, device=dev, dtype=dtype)
-    a @ b
-    reps, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        reps += 1
-    if dev == "cuda":
-        torch.cuda.synchronize()
-    return 2 * n**3 * reps / (time.perf_counter() - t0)
-
-
-def estimate_hours(plan: Plan, info: dict, *, mfu: float = 0.3, peak: float | None = None,
-                   device: str | None = None, cache_dir: Path | None = None) -> dict:
-    """Training time of the steps still to run, priced from this machine's measured runs.
-
-    Each job (a module to train, a cell to run) is priced by `throughput.step_cost`: seconds per
-    step measured on the same backbone/quantization/method/device and task (scaled by batch
-    size), else the FLOP/s measured on any task, else tokens x 4N FLOPs / (matmul peak x `mfu`)
-    (a frozen backbone costs ~4 N FLOPs per token: forward 2N, backward through activations 2N,
-    no weight gradients; tokens per step = batch x half the task's max length). Evaluation is
-    not included. `sources` counts how each job was priced, so the user sees how much is guessed.
-    """
-    import torch
-
-    from . import throughput
-
-    n = NON_EMBEDDING_PARAMS.get(plan.recipe.backbone, 85.1e6)
-    dev = (device or ("cuda" if torch.cuda.is_available() else "cpu")).split(":")[0]
-    rows = throughput.read(cache_dir)
-    todo = set(info["modules_to_train"])
-    jobs = [(m.train, m.task.split(":")[-1].split("+")[0]) for m in plan.modules if m.name in todo]
-    jobs += [(c.train, c.target) for c in plan.cells if not c.key in info.get("cached_keys", set())
-             and get_task(c.target).format != "retrieval"]
-    tokens, seconds = 0.0, 0.0
-    sources = {"task": 0, "flops": 0, "guess": 0}
-    for train, task in jobs:
-        spec = get_task(task)
-        batch = train.get("batch_size", 16)
-        steps = train.get("steps", TrainConfig().steps)
-        step_tokens = batch * spec.max_length / 2
-        key = dict(backbone=plan.recipe.backbone, quantization=plan.recipe.quantization, method=plan.recipe.method,
-                   device=dev, task=spec.train_task or spec.name, batch_size=batch, flops_per_step=4 * n * step_tokens)
-        cost = throughput.step_cost(rows, **key, guess_flops_per_s=None)
-        if cost.source == "guess":
-            peak = peak or measured_peak_flops()  # timed only when something must be guessed
-            cost = throughput.step_cost(rows, **key, guess_flops_per_s=peak * mfu)
-        sources[cost.source] += 1
-        tokens += steps * step_tokens
-        seconds += steps * cost.seconds
-    return {"training_tokens": tokens, "peak_tflops": (peak or 0) / 1e12, "assumed_mfu": mfu,
-            "hours": seconds / 3600, "sources": sources, "jobs": len(jobs), "device": dev}
-
-
 def _find_module(registry: Registry, job: ModuleJob, backbone_fp=None):
     try:
         versions = registry.versions(job.name)
@@ -147,7 +75,15 @@ def _find_module(registry: Registry, job: ModuleJob, backbone_fp=None):
 
 
 def run_plan(plan: Plan, run_dir: Path, *, registry: Registry | None = None, backbone=None,
-             console: Console | None = None, device: str | None = None) -> Path:
+             console: Console | None = None, device: str | None = None, progress=None) -> Path:
+    """Run every cell of `plan` not yet finished in `run_dir`; return the results file.
+    `progress` is a callback for ProgressEvents (default: bars on a terminal, lines in a log)."""
+    with plan.recipe.catalog().active():
+        return _run_plan(plan, run_dir, registry=registry, backbone=backbone, console=console, device=device,
+                         progress=progress)
+
+
+def _run_plan(plan: Plan, run_dir: Path, *, registry, backbone, console, device, progress) -> Path:
     from .backbone import load_backbone
     from .pipeline import evaluate_module, train_module
 
@@ -168,9 +104,14 @@ def run_plan(plan: Plan, run_dir: Path, *, registry: Registry | None = None, bac
         backbone = load_backbone(recipe.backbone, recipe.quantization, device)
     console.print(f"backbone {backbone.fingerprint.short()} loaded in {time.perf_counter() - t_load:.1f}s")
 
-    with make_progress(console) as progress:
-        grid = progress.add_task(f"grid {recipe.name}", total=len(plan.cells),
-                                 completed=len(plan.cells) - len(todo), loss=float("nan"))
+    from contextlib import nullcontext
+
+    from .progress import emit
+
+    with (nullcontext(progress) if progress is not None else make_progress(console)) as progress:
+        grid = f"grid {recipe.name}"
+        done = len(plan.cells) - len(todo)
+        emit(progress, "start", grid, done, len(plan.cells))
         # intermediate modules: reuse from the registry or train now
         needed = {n for c in todo for n in c.intermediates}
         for job in plan.modules:
@@ -220,8 +161,10 @@ def run_plan(plan: Plan, run_dir: Path, *, registry: Registry | None = None, bac
             _atomic_json(run_dir / "cells" / f"{cell.key}.json",
                          {"cell": json.loads(cell.model_dump_json()), "scores": scores, "seconds": round(seconds, 2),
                           "swap_seconds": round(swap, 4), "module": module_name})
-            progress.update(grid, advance=1)
+            done += 1
+            emit(progress, "advance", grid, done, len(plan.cells))
             console.print(f"  {cell.label}: {_fmt_scores(scores)} ({seconds:.0f}s, module swaps {swap:.2f}s)")
+        emit(progress, "end", grid, done, len(plan.cells))
     return results
 
 

@@ -1,18 +1,10 @@
-"""Measured training throughput, remembered per machine so `xtl run --dry-run` can say what a
-grid will cost here instead of guessing.
+"""The measurement log: how fast this machine trained, one JSON line per run, so the dry-run
+prices a grid from measurements instead of guessing (the pricing itself is in cost.py).
 
-A FLOP-count estimate (tokens x 4N / (peak x assumed MFU)) is off by an order of magnitude on
-small backbones: real MFU varies 10x between a laptop CPU and an H100, and padded lengths
-differ from the task's max length. Every training run therefore appends one line to
+Every training run and every plain `xtl bench` configuration appends one line to
 ``$XTL_CACHE/throughput.jsonl`` (or ``$XTL_THROUGHPUT``): backbone, quantization, method, device kind, task, batch size,
-seconds per optimizer step (dev evaluation excluded) and real tokens per step. The planner then
-prices a job from the closest measurement it has:
-
-1. ``task``: the same backbone, quantization, method, device and task: seconds/step, scaled
-   linearly by batch size;
-2. ``flops``: the same backbone, quantization, method and device on any task: its achieved
-   FLOP/s applied to the job's FLOP estimate;
-3. ``guess``: nothing measured: measured matmul peak x an assumed MFU.
+seconds per optimizer step (dev evaluation excluded), real tokens per step and the step's FLOPs
+(`cost.step_flops`).
 
 The file is append-only; a torn last line (a killed process) is skipped on reading.
 """
@@ -22,9 +14,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 FILE_NAME = "throughput.jsonl"
 KEY_FIELDS = ("backbone", "quantization", "method", "device")
@@ -70,33 +61,3 @@ def read(cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
             rows.append(row)
     return rows
 
-
-@dataclass
-class StepCost:
-    seconds: float
-    source: str  # "task" | "flops" | "guess"
-
-
-def step_cost(rows: Iterable[dict[str, Any]], *, backbone: str, quantization: str, method: str, device: str,
-              task: str, batch_size: int, flops_per_step: float, guess_flops_per_s: float | None) -> StepCost:
-    """Seconds one optimizer step of this job should take here (see the module docstring).
-
-    Of several matching measurements the most recent ones count (the median of the last five),
-    so an old run on a busy machine does not price a quiet one forever.
-    """
-    want = {"backbone": backbone, "quantization": quantization, "method": method, "device": device}
-    same = [r for r in rows if all(r.get(k) == v for k, v in want.items())]
-    same_task = [r for r in same if r.get("task") == task]
-    if same_task:
-        per = [r["seconds_per_step"] * batch_size / max(1, r.get("batch_size", batch_size)) for r in same_task[-5:]]
-        return StepCost(_median(per), "task")
-    rates = [r["flops_per_step"] / r["seconds_per_step"] for r in same[-5:] if r.get("flops_per_step")]
-    if rates:
-        return StepCost(flops_per_step / _median(rates), "flops")
-    return StepCost(flops_per_step / guess_flops_per_s if guess_flops_per_s else float("nan"), "guess")
-
-
-def _median(xs: list[float]) -> float:
-    xs = sorted(xs)
-    n = len(xs)
-    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2

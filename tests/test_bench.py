@@ -1,5 +1,6 @@
-"""`xtl bench` on tiny random XLM-Rs: FLOP count, one configuration end to end (CLI, subprocess,
-JSON), presets, padding report, the peer comparison, grid projection. No absolute timings."""
+"""`xtl bench` on tiny random XLM-Rs: the FLOP count of cost.py, one configuration end to end (CLI,
+subprocess, JSON), presets, padding report, the peer comparison, grid projection. No absolute
+timings."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from adapters_xtl import bench as B
+from adapters_xtl import cost as C
 from adapters_xtl.errors import XtlError
 from conftest import build_tiny_backbone
 
@@ -22,7 +24,7 @@ def tiny64(tmp_path_factory):
 # ------------------------------------------------------------------------------ FLOP count
 def test_flop_count_matches_hand_computation():
     # H=4, F=8, L=2, B=1, S=2 (T=2); LoRA on every Linear; 10 adapter and 3 head parameters
-    f = B.count_step_flops(hidden=4, layers=2, ffn=8, batch=1, seq=2, points=B.POINTS, adapter_params=10, head_params=3)
+    f = C.count_step_flops(hidden=4, layers=2, ffn=8, batch=1, seq=2, points=C.POINTS, adapter_params=10, head_params=3)
     # Linear weights per layer 4*16 + 2*32 = 128, two layers: 256; forward 2*256*2
     assert f["encoder_linear_params"] == 256
     assert f["forward_linear"] == 1024
@@ -35,19 +37,19 @@ def test_flop_count_matches_hand_computation():
     assert f["adapters"] == 6 * 10 * 2 and f["head"] == 6 * 3 * 1
     assert f["total"] == 1024 + 128 + 832 + 256 + 120 + 18 == 2378
     # a bottleneck after the FFN only: layer 0 needs no backward at all, layer 1 all of it
-    g = B.count_step_flops(hidden=4, layers=2, ffn=8, batch=1, seq=2, points={"ffn_out"}, adapter_params=10, head_params=3)
+    g = C.count_step_flops(hidden=4, layers=2, ffn=8, batch=1, seq=2, points={"ffn_out"}, adapter_params=10, head_params=3)
     assert g["backward_linear"] == 512 and g["backward_attention"] == 128
     # head only: no backward through the encoder
-    h = B.count_step_flops(hidden=4, layers=2, ffn=8, batch=1, seq=2, points=set(), adapter_params=0, head_params=3)
+    h = C.count_step_flops(hidden=4, layers=2, ffn=8, batch=1, seq=2, points=set(), adapter_params=0, head_params=3)
     assert h["backward_linear"] == h["backward_attention"] == 0
 
 
 def test_trainable_points():
-    assert B.trainable_points("lora") == set(B.POINTS)
-    assert B.trainable_points("lora", {"target_modules": ["query", "value"]}) == {"query", "value"}
-    assert B.trainable_points("lora", {"target_modules": ["intermediate.dense"]}) == {"ffn_in"}
-    assert B.trainable_points("bottleneck") == {"ffn_out"}
-    assert B.trainable_points("bottleneck", {"variant": "double_seq_bn"}) == {"attn_out", "ffn_out"}
+    assert C.trainable_points("lora") == set(C.POINTS)
+    assert C.trainable_points("lora", {"target_modules": ["query", "value"]}) == {"query", "value"}
+    assert C.trainable_points("lora", {"target_modules": ["intermediate.dense"]}) == {"ffn_in"}
+    assert C.trainable_points("bottleneck") == {"ffn_out"}
+    assert C.trainable_points("bottleneck", {"variant": "double_seq_bn"}) == {"attn_out", "ffn_out"}
 
 
 @pytest.mark.parametrize("method,mcfg", [("lora", {}), ("lora", {"target_modules": ["query", "value"]}),
@@ -77,8 +79,8 @@ def test_flop_count_matches_torch_flop_counter(tiny64, method, mcfg):
     with FlopCounterMode(display=False) as fc:
         model.format.loss(model(batch), batch).backward()
     c = bb.model.config
-    est = B.count_step_flops(hidden=c.hidden_size, layers=c.num_hidden_layers, ffn=c.intermediate_size, batch=b, seq=s,
-                             points=B.trainable_points(method, cfg.model_dump()),
+    est = C.count_step_flops(hidden=c.hidden_size, layers=c.num_hidden_layers, ffn=c.intermediate_size, batch=b, seq=s,
+                             points=C.trainable_points(method, cfg.model_dump()),
                              adapter_params=sum(p.numel() for p in adapter),
                              head_params=sum(p.numel() for p in model.head.parameters()))
     assert est["total"] == pytest.approx(fc.get_total_flops(), rel=0.02)
@@ -97,7 +99,7 @@ def test_bench_cli_one_tiny_config_end_to_end(tiny64, tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from adapters_xtl.cli_bench import bench
+    from adapters_xtl.cli.bench import bench
 
     app = typer.Typer()
     app.command()(bench)
@@ -131,7 +133,7 @@ def test_bench_cli_one_tiny_config_end_to_end(tiny64, tmp_path):
     head = h * h + h + h * 5 + 5
     assert r["trainable_params"] == lora + head
     assert 4 * r["trainable_params"] < r["module_bytes"] < 4 * r["trainable_params"] + 64 * 1024
-    expect = B.count_step_flops(hidden=h, layers=2, ffn=f, batch=2, seq=16, points=B.POINTS, adapter_params=lora,
+    expect = C.count_step_flops(hidden=h, layers=2, ffn=f, batch=2, seq=16, points=C.POINTS, adapter_params=lora,
                                 head_params=head)
     assert r["flops_per_step"] == expect["total"]
     assert "configuration" in res.output  # the table was printed
@@ -220,20 +222,20 @@ def test_peer_comparison_runs_both_sides(tiny64):
 
 
 def test_project_grid():
-    tokens = B.tokens_per_training(steps=1000, batch_size=32, mean_tokens_per_example=40, padding_waste=0.2)
+    tokens = C.tokens_per_training(steps=1000, batch_size=32, mean_tokens_per_example=40, padding_waste=0.2)
     assert tokens == pytest.approx(1000 * 32 * 40 / 0.8)
-    g = B.project_grid(100, tokens, 20000.0, overhead_s_per_training=30, workers=4, price_per_hour=2.0)
+    g = C.project_grid(100, tokens, 20000.0, overhead_s_per_training=30, workers=4, price_per_hour=2.0)
     per = tokens / 20000 + 30
     assert g["seconds_per_training"] == pytest.approx(per)
     assert g["device_hours"] == pytest.approx(100 * per / 3600)
     assert g["wall_hours"] == pytest.approx(g["device_hours"] / 4)
     assert g["cost"] == pytest.approx(g["device_hours"] * 2.0)
     rows = {"grid": [{"status": "ok", "shape": "large", "method": "lora", "quant": "4bit", "seq": 128, "tokens_per_s": 5e3}]}
-    assert B.throughput_from(rows, shape="large", method="lora", quant="4bit", seq=128) == 5e3
+    assert C.throughput_from(rows, shape="large", method="lora", quant="4bit", seq=128) == 5e3
     with pytest.raises(XtlError, match="no bench row"):
-        B.throughput_from(rows, shape="base", method="lora")
+        C.throughput_from(rows, shape="base", method="lora")
     with pytest.raises(XtlError):
-        B.project_grid(1, 1.0, 0.0)
+        C.project_grid(1, 1.0, 0.0)
 
 
 def test_plain_shape_configurations_price_the_planner(tmp_path, monkeypatch):
@@ -252,7 +254,7 @@ def test_plain_shape_configurations_price_the_planner(tmp_path, monkeypatch):
     (row,) = throughput.read()
     assert row["backbone"] == "xlm-roberta-large" and row["device"] == "cpu" and row["quantization"] == "none"
     assert row["seconds_per_step"] == 2.0 and row["tokens_per_step"] == 8 * 128
-    cost = throughput.step_cost([row], backbone="xlm-roberta-large", quantization="none", method="lora",
-                                device="cpu", task="xnli", batch_size=32, flops_per_step=2 * row["flops_per_step"],
-                                guess_flops_per_s=1.0)
+    cost = C.step_cost([row], backbone="xlm-roberta-large", quantization="none", method="lora",
+                       device="cpu", task="xnli", batch_size=32, flops_per_step=2 * row["flops_per_step"],
+                       guess_flops_per_s=1.0)
     assert cost.source == "flops" and cost.seconds == 4.0

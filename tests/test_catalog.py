@@ -16,13 +16,13 @@ from adapters_xtl import metrics
 from adapters_xtl.backbone import load_backbone
 from adapters_xtl.data import load_examples, source_path
 from adapters_xtl.errors import XtlError
-from adapters_xtl.evaluate import retrieval_pairs
+from adapters_xtl.evaluation import retrieval_pairs
 from adapters_xtl.formats import get_format
 from adapters_xtl.formats import retrieval as R
 from adapters_xtl.model import TaskModel
 from adapters_xtl.recipe import expand, load_recipe
 from adapters_xtl.tasks import _builtin_files, get_task, parse_task_file, task_names
-from adapters_xtl.train import TrainConfig
+from adapters_xtl.trainer import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS_DIR = REPO / "adapters_xtl" / "tasks"

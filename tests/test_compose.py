@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from adapters_xtl.backbone import Backbone, load_backbone
-from adapters_xtl.compose import Composition, MergeSpec, setup
+from adapters_xtl.compose import Block, Continue, Fuse, Merge, Single, Stack
 from adapters_xtl.errors import XtlError
 from adapters_xtl.manifest import BackboneFingerprint
 from adapters_xtl.methods import get_method
-from adapters_xtl.pipeline import compose_into, evaluate_module, train_module
-from adapters_xtl.train import TrainConfig
+from adapters_xtl.pipeline import evaluate_module, train_module
+from adapters_xtl.session import compose_into
+from adapters_xtl.trainer import TrainConfig
 
 from test_core import FAST, write_toy_task
 
@@ -49,14 +50,38 @@ def delta(layer, slot):
     return layer.scaling[slot] * layer.lora_B[slot].weight @ layer.lora_A[slot].weight
 
 
+def setup(bb, block, method, target, frozen, target_modules=None):
+    """Arrange loaded slots as the method carries the block out (what a ModuleSession does)."""
+    return get_method(method).compose(bb, block, target, frozen, {"target_modules": target_modules})
+
+
 def test_comp_validation_and_json_round_trip():
-    c = Composition(kind="merge", modules=["a", "b"], merge=MergeSpec(how="ties", density=0.3))
-    assert Composition.from_dict(c.to_dict()) == c
+    c = Merge("a", "b", how="ties", density=0.3)
+    assert Block.from_dict(c.to_dict()) == c
+    for block in (Single(), Stack("a", "b"), Fuse("a", "b", rank=3), Continue("a"), Merge("a", "b", weights=[0.3, 0.7])):
+        assert Block.from_dict(block.to_dict()) == block
+        assert type(Block.from_dict(block.to_dict())) is type(block)
     for bad in ({"kind": "single", "modules": ["a"]}, {"kind": "stack"}, {"kind": "fuse", "modules": ["a"]},
                 {"kind": "continue", "modules": ["a", "b"]}, {"kind": "stack", "modules": ["a"], "merge": {}},
-                {"kind": "merge", "modules": ["a", "b"], "merge": {"weights": [1.0]}}):
-        with pytest.raises(ValueError):
-            Composition(**bad)
+                {"kind": "merge", "modules": ["a", "b"], "merge": {"weights": [1.0]}},
+                {"kind": "merge", "modules": ["a", "b"], "merge": {"how": "avg"}}, {"kind": "nope"}):
+        with pytest.raises(XtlError):
+            Block.from_dict(bad)
+    with pytest.raises(XtlError, match="cannot contain"):
+        Stack(Fuse("a", "b"))
+
+
+def test_old_manifest_compositions_still_read():
+    """Manifests written before compositions were classes stored fusion_rank for every kind."""
+    assert Block.from_dict({"kind": "stack", "modules": ["a@1"], "fusion_rank": 16}) == Stack("a@1")
+    assert Block.from_dict({"kind": "single", "modules": [], "fusion_rank": 16}) == Single()
+    assert Block.from_dict(None) == Single()
+
+
+def test_each_method_refuses_what_it_does_not_support(tiny_backbone_dir):
+    bb = load_backbone(str(tiny_backbone_dir))
+    with pytest.raises(XtlError, match="bottleneck modules do not support the composition 'merge'"):
+        get_method("bottleneck").compose(bb, Merge("a", "b"), "t", ["a", "b"], {})
 
 
 def test_lora_stack_adds_frozen_and_target_deltas():
@@ -64,7 +89,7 @@ def test_lora_stack_adds_frozen_and_target_deltas():
     layer = add_lora(bb, "i1")
     add_lora(bb, "i2")
     add_lora(bb, "t")
-    state = setup(bb, Composition(kind="stack", modules=["x", "y"]), "lora", "t", ["i1", "i2"])
+    state = setup(bb, Stack("x", "y"), "lora", "t", ["i1", "i2"])
     state.activate(bb, train=True)
     x = torch.randn(3, 6)
     W, b = layer.base_layer.weight, layer.base_layer.bias
@@ -79,7 +104,7 @@ def test_lora_fuse_is_attention_over_frozen_deltas():
     layer = add_lora(bb, "i1")
     add_lora(bb, "i2")
     add_lora(bb, "t")
-    state = setup(bb, Composition(kind="fuse", modules=["x", "y"], fusion_rank=3), "lora", "t", ["i1", "i2"])
+    state = setup(bb, Fuse("x", "y", rank=3), "lora", "t", ["i1", "i2"])
     state.activate(bb, train=True)
     x = torch.randn(4, 6)
     W, b = layer.base_layer.weight, layer.base_layer.bias
@@ -110,8 +135,8 @@ def test_lora_merge_merges_deltas_then_stacks(how):
     layer = add_lora(bb, "i1")
     add_lora(bb, "i2")
     add_lora(bb, "t")
-    spec = MergeSpec(how=how, weights=[0.7, 0.3], density=0.5, seed=5)
-    state = setup(bb, Composition(kind="merge", modules=["x", "y"], merge=spec), "lora", "t", ["i1", "i2"],
+    spec = Merge("x", "y", how=how, weights=[0.7, 0.3], density=0.5, seed=5)
+    state = setup(bb, spec, "lora", "t", ["i1", "i2"],
                   target_modules=["query"])
     state.activate(bb, train=True)
     x = torch.randn(3, 6)
@@ -133,7 +158,7 @@ def test_lora_merge_merges_deltas_then_stacks(how):
 
 
 def test_bottleneck_stack_is_sequential_and_fuse_is_adapterfusion(tiny_backbone_dir):
-    from adapters.composition import Fuse, Stack
+    from adapters.composition import Fuse as AFuse, Stack as AStack
 
     bb = load_backbone(str(tiny_backbone_dir))
     m = get_method("bottleneck")
@@ -144,9 +169,9 @@ def test_bottleneck_stack_is_sequential_and_fuse_is_adapterfusion(tiny_backbone_
         for n, p in bb.model.named_parameters():
             if ".adapters." in n and "adapter_up" in n:
                 p.zero_() if ".adapters.t." in n else p.normal_(0, 0.5)
-    state = setup(bb, Composition(kind="stack", modules=["x"]), "bottleneck", "t", ["i1"])
+    state = setup(bb, Stack("x"), "bottleneck", "t", ["i1"])
     state.activate(bb, train=True)
-    assert bb.model.active_adapters == Stack("i1", "t")
+    assert bb.model.active_adapters == AStack("i1", "t")
     with_t_identity = bb.model(input_ids=ids).last_hidden_state
     m.activate(bb, ["i1"], trainable=[])
     alone = bb.model(input_ids=ids).last_hidden_state
@@ -163,9 +188,9 @@ def test_bottleneck_stack_is_sequential_and_fuse_is_adapterfusion(tiny_backbone_
     assert not torch.allclose(stacked, alone) and not torch.allclose(stacked, bb.model(input_ids=ids).last_hidden_state)
     state.teardown(bb)
 
-    fuse = setup(bb, Composition(kind="fuse", modules=["x", "y"]), "bottleneck", "t", ["i1", "i2"])
+    fuse = setup(bb, Fuse("x", "y"), "bottleneck", "t", ["i1", "i2"])
     fuse.activate(bb, train=True)
-    assert bb.model.active_adapters == Stack(Fuse("i1", "i2"), "t")
+    assert bb.model.active_adapters == AStack(AFuse("i1", "i2"), "t")
     trainable = {n for n, p in bb.model.named_parameters() if p.requires_grad}
     assert any("adapter_fusion_layer" in n for n in trainable)
     assert all(".adapters.t." in n or "adapter_fusion_layer" in n for n in trainable)
@@ -222,7 +247,7 @@ def test_continue_starts_the_target_as_an_exact_copy_of_the_intermediate(tiny_ba
     m = get_method("lora")
     cfg = m.make_config({})
     attach_new(bb, "lora", cfg, "tgt")
-    state, mans = compose_into(bb, registry, Composition(kind="continue", modules=["inter-a"]), "lora", "tgt",
+    state, mans = compose_into(bb, registry, Continue("inter-a"), "lora", "tgt",
                                cfg.model_dump())
     saved = registry.load("inter-a")[1]
     now = m.state_dict(bb, "tgt")

@@ -11,12 +11,12 @@ import torch
 
 from adapters_xtl.backbone import load_backbone
 from adapters_xtl.errors import XtlError
-from adapters_xtl.evaluate import append_results, read_results
+from adapters_xtl.evaluation import append_results, read_results
 from adapters_xtl.methods import get_method
 from adapters_xtl.model import TaskModel, slot_name
 from adapters_xtl.pipeline import evaluate_module, train_module
 from adapters_xtl.tasks import get_task, task_names
-from adapters_xtl.train import TrainConfig
+from adapters_xtl.trainer import TrainConfig
 
 POS = ["good film", "great acting", "lovely food", "nice hotel", "wonderful service"]
 NEG = ["terrible food", "bad service", "awful film", "poor hotel", "boring acting"]
@@ -238,7 +238,7 @@ def test_training_learns_a_separable_task(tiny_backbone_dir, tmp_path, registry)
 def test_resume_after_a_crash_replays_exactly(tiny_backbone_dir, toy_task, tmp_path):
     from adapters_xtl.formats.base import length_bucketed_batches  # noqa: F401  (batch order is seeded)
     from adapters_xtl.data import load_examples
-    from adapters_xtl.train import train
+    from adapters_xtl.trainer import train
 
     spec = get_task(str(toy_task))
 

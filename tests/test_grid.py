@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from adapters_xtl.backbone import load_backbone
-from adapters_xtl.evaluate import read_results
+from adapters_xtl.evaluation import read_results
 from adapters_xtl.recipe import expand, load_recipe
-from adapters_xtl.report import score_table, write_report
+from adapters_xtl.reporting import score_table, write_report
 from adapters_xtl.runner import describe, run_plan
 
 from test_core import write_toy_task

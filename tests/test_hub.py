@@ -24,6 +24,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import stat
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,9 +37,11 @@ import torch
 
 from adapters_xtl.backbone import load_backbone
 from adapters_xtl.errors import XtlError
-from adapters_xtl.hub import check_repo_id, check_revision, parse_repo_spec, pull, push
 from adapters_xtl.pipeline import evaluate_module, train_module
-from adapters_xtl.registry import Registry
+from adapters_xtl.store.hub import check_repo_id, check_revision, parse_repo_spec
+from adapters_xtl.store.registry import Registry
+from adapters_xtl.store.sharing import pull, push
+from adapters_xtl.store.verify import verify
 from test_core import FAST, write_toy_task
 
 TOKEN = "hf_xtl_local_test_token"
@@ -390,7 +394,7 @@ def test_push_then_pull_round_trips_a_pinned_module(hub, trained, tmp_path, tiny
             "peft/adapter_model.safetensors", "peft/xtl_head.safetensors", "peft/xtl_head.json"} <= set(files)
     # weights went through LFS (preupload said "lfs"), text as regular base64 files
     assert files["weights.safetensors"] in hub.lfs.values() and ("PUT", ) in {(v,) for v, _ in hub.log}
-    assert reg.manifest("toy-lora").hub == pushed.hub and reg.verify() == []
+    assert reg.manifest("toy-lora").hub == pushed.hub and verify(reg) == []
 
     # the card the Hub renders
     card = ModelCard(files["README.md"].decode())
@@ -413,7 +417,7 @@ def test_push_then_pull_round_trips_a_pinned_module(hub, trained, tmp_path, tiny
     assert m_b.files["weights.safetensors"] == m_a.files["weights.safetensors"]
     assert (m_b.task, m_b.method_config, m_b.backbone, m_b.scores) == (m_a.task, m_a.method_config, m_a.backbone,
                                                                        m_a.scores)
-    assert other.verify() == []
+    assert verify(other) == []
     assert pull(other, "xtl-lab/toy-lora") == other.manifest("toy-lora")  # same commit again: no-op
 
     # a new push makes a new commit; the old revision still gives the old files
@@ -442,7 +446,7 @@ def test_lazy_pull_records_a_stub_that_load_completes(hub, trained, tmp_path, ti
     assert stub.hub == {"repo_id": "xtl-lab/lazy", "revision": sha, "lazy": True}
     assert sorted(p.name for p in vdir.iterdir()) == ["README.md", "manifest.json"]
     assert not [p for v, p in hub.log if p.endswith("weights.safetensors")]
-    assert other.verify() == []  # a stub is healthy
+    assert verify(other) == []  # a stub is healthy
     assert [m.name for m in other.list()] == ["toy-lora"]
     assert other.missing_files(stub) == ["weights.safetensors"]
 
@@ -454,8 +458,11 @@ def test_lazy_pull_records_a_stub_that_load_completes(hub, trained, tmp_path, ti
     assert [p for v, p in hub.log if v == "GET" and p.endswith(f"/resolve/{sha}/weights.safetensors")]
     done = other.manifest("toy-lora")
     assert done.hub == {"repo_id": "xtl-lab/lazy", "revision": sha} and (vdir / "weights.safetensors").is_file()
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE((vdir / "weights.safetensors").stat().st_mode) == 0o666 & ~umask  # not the download's 0600
     assert_same_tensors(other.load("toy-lora")[1], reg.load("toy-lora")[1])
-    assert other.verify() == []
+    assert verify(other) == []
 
 
 def test_tampered_hub_files_are_refused(hub, trained, tmp_path):
@@ -538,7 +545,7 @@ def test_unreachable_hub_and_offline_mode(monkeypatch, tmp_path, registry):
 def test_pull_of_a_peft_repo_points_to_import_which_works(hub, trained, tmp_path, tiny_backbone_dir, registry):
     from huggingface_hub import HfApi
 
-    from adapters_xtl.interop import import_module
+    from adapters_xtl.store.sharing import import_module
     from test_interop import peft_script_lora, write_retrieval_task
 
     peft_script_lora(tiny_backbone_dir, tmp_path / "p", r=4, lora_alpha=8, target_modules=["query", "value"])
@@ -582,33 +589,3 @@ def test_cli_push_pull_fetch(hub, trained, tmp_path, capsys):
     assert main(["registry", "verify", "--registry", str(other)]) == 0
     assert main(["registry", "pull", "../evil", "--registry", str(other)]) == 2
     assert "invalid Hub repo id" in capsys.readouterr().err
-
-
-# ---------------------------------------------------------------------------------------- cards
-
-
-@pytest.mark.parametrize("method", ["lora", "bottleneck"])
-def test_card_metadata_and_how_to_load_with_each_library(method):
-    from huggingface_hub import ModelCard
-
-    from adapters_xtl.card import render_card
-    from adapters_xtl.manifest import BackboneFingerprint, Manifest
-
-    m = Manifest(name="xnli-mod", task="xnli", format="classification", method=method,
-                 backbone=BackboneFingerprint(model_id="xlmr-e5-small", weights_sha256="ab" * 32),
-                 scores={"en": {"accuracy": 80.0}, "sw": {"accuracy": 61.5}},
-                 hub={"repo_id": "my-lab/xnli-mod", "revision": "c" * 40})
-    card = ModelCard(render_card(m))
-    assert card.data.library_name == "adapters_xtl"
-    assert card.data.base_model == "intfloat/multilingual-e5-small"
-    assert card.data.language == ["en", "sw"] and method in card.data.tags
-    assert {(r.dataset_config, r.metric_value) for r in card.data.eval_results} == {("en", 80.0), ("sw", 61.5)}
-    text = card.text
-    assert f"xtl registry pull my-lab/xnli-mod@{'c' * 40}" in text and "--lazy" in text
-    assert 'XLMRobertaModel.from_pretrained("intfloat/multilingual-e5-small", add_pooling_layer=False)' in text
-    if method == "lora":
-        assert 'PeftModel.from_pretrained(model, "my-lab/xnli-mod", subfolder="peft")' in text
-        assert "xtl registry export xnli-mod --format peft" in text
-    else:
-        assert 'allow_patterns=["adapters/*"]' in text and "model.load_adapter(folder, use_safetensors=True)" in text
-        assert "xtl registry export xnli-mod --format adapters" in text

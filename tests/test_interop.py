@@ -11,17 +11,12 @@ import torch
 
 from adapters_xtl.backbone import load_backbone
 from adapters_xtl.errors import XtlError
-from adapters_xtl.interop import (
-    HEAD_CONFIG,
-    HEAD_WEIGHTS,
-    export_module,
-    import_module,
-    read_folder,
-    require_head,
-)
 from adapters_xtl.methods import get_method
 from adapters_xtl.pipeline import evaluate_module, load_module_into, train_module
-from adapters_xtl.registry import Registry
+from adapters_xtl.store.convert import export_module
+from adapters_xtl.store.interop import HEAD_CONFIG, HEAD_WEIGHTS, read_folder, require_head
+from adapters_xtl.store.registry import Registry
+from adapters_xtl.store.sharing import import_module
 from adapters_xtl.tasks import get_task
 from test_core import FAST, write_toy_task
 

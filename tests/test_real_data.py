@@ -14,7 +14,7 @@ from adapters_xtl.backbone import load_backbone
 from adapters_xtl.data import load_examples
 from adapters_xtl.pipeline import evaluate_module, train_module
 from adapters_xtl.tasks import get_task
-from adapters_xtl.train import TrainConfig
+from adapters_xtl.trainer import TrainConfig
 
 pytestmark = pytest.mark.slow
 

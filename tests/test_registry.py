@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -16,10 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapters_xtl.card import GENERATED_MARKER, parse_front_matter, render_card
 from adapters_xtl.errors import XtlError
-from adapters_xtl.manifest import BackboneFingerprint, Manifest
-from adapters_xtl.registry import Registry, check_name, check_version
+from adapters_xtl.store.card import GENERATED_MARKER, parse_front_matter, render_card
+from adapters_xtl.store.layout import check_name, check_version
+from adapters_xtl.store.manifest import BackboneFingerprint, Manifest
+from adapters_xtl.store.registry import Registry
+from adapters_xtl.store.remote import Remote
+from adapters_xtl.store.verify import verify
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,7 +82,7 @@ def test_save_load_round_trip(reg):
         assert torch.equal(loaded[k], t[k])
     assert reg.manifest("mnli-lora", "1") == saved
     assert reg.path("mnli-lora") == vdir
-    assert reg.verify() == []
+    assert verify(reg) == []
 
 
 def test_versions_increment(reg):
@@ -136,7 +140,7 @@ def test_hash_mismatch_detected(reg):
     with pytest.raises(XtlError, match="sha256 mismatch for weights.safetensors") as e:
         reg.load("mnli-lora")
     assert str(w) in str(e.value) and "fix:" in str(e.value)
-    assert any("weights.safetensors: sha256 mismatch" in p for p in reg.verify())
+    assert any("weights.safetensors: sha256 mismatch" in p for p in verify(reg))
 
 
 def test_backbone_mismatch_refused_unless_allowed(reg):
@@ -226,7 +230,7 @@ def test_update_scores_merges_and_keeps_hashes_valid(reg):
     card = (reg.path("mnli-lora") / "README.md").read_text()
     assert "| de | 0.7000 |" in card
     reg.load("mnli-lora")  # hashes still match
-    assert reg.verify() == []
+    assert verify(reg) == []
     # a hand-written card is kept as is
     reg.save(make_manifest("custom"), tiny_tensors(), card="# hand written\n")
     reg.update_scores("custom", None, {"fr": {"accuracy": 0.5}})
@@ -239,7 +243,7 @@ def test_verify_finds_problems_and_fixes_safe_ones(reg):
     reg.save(make_manifest("a"), tiny_tensors())
     reg.save(make_manifest("b"), tiny_tensors())
     reg.save(make_manifest("c"), tiny_tensors())
-    assert reg.verify() == []
+    assert verify(reg) == []
     (reg.path("a") / "README.md").unlink()  # a deleted file
     leftover = reg.root / ".tmp-deadbeef"  # what a killed writer leaves behind
     leftover.mkdir()
@@ -247,17 +251,17 @@ def test_verify_finds_problems_and_fixes_safe_ones(reg):
     (leftover / ".owner").write_text(json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname()}))
     shutil.rmtree(reg.root / "b")  # index entry without a folder
 
-    problems = reg.verify()
+    problems = verify(reg)
     text = "\n".join(problems)
     assert "a/1/README.md: missing" in text
     assert ".tmp-deadbeef: leftover temporary folder" in text and "harmless" in text
     assert "entry b version 1 has no valid folder" in text
     assert leftover.exists()  # reporting alone changes nothing
 
-    fixed = reg.verify(fix=True)
+    fixed = verify(reg, fix=True)
     assert all("(fixed)" in p for p in fixed if ".tmp-deadbeef" in p or "entry b" in p)
     assert not leftover.exists()
-    assert reg.verify() == [p for p in problems if "README.md: missing" in p]  # damage is only reported
+    assert verify(reg) == [p for p in problems if "README.md: missing" in p]  # damage is only reported
     assert sorted(reg.index()) == ["a", "c"]
 
 
@@ -270,9 +274,9 @@ def test_index_is_a_cache(reg):
     assert set(data["modules"]) == {"a", "b"}
     assert data["modules"]["a"]["1"]["reuse_key"] == reg.manifest("a").reuse_key()
     reg.index_path.unlink()
-    assert "missing" in reg.verify()[0]
+    assert "missing" in verify(reg)[0]
     assert set(reg.index()) == {"a", "b"}
-    assert reg.verify() == []
+    assert verify(reg) == []
 
 
 def test_remove(reg):
@@ -285,7 +289,60 @@ def test_remove(reg):
     assert not (reg.root / "a").exists() and "a" not in reg.index()
     with pytest.raises(XtlError, match="no module named 'a'"):
         reg.remove("a")
-    assert [m.name for m in reg.list()] == ["b"] and reg.verify() == []
+    assert [m.name for m in reg.list()] == ["b"] and verify(reg) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_saved_files_get_the_users_umask_not_0600(reg):
+    old = os.umask(0o022)
+    try:
+        reg.save(make_manifest(), tiny_tensors(), extra_files={"notes.txt": b"x"})
+        reg.update_scores("mnli-lora", None, {"de": {"accuracy": 0.5}})
+    finally:
+        os.umask(old)
+    vdir = reg.path("mnli-lora")
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [*vdir.iterdir(), reg.index_path]}
+    assert modes == {"weights.safetensors": 0o644, "manifest.json": 0o644, "README.md": 0o644, "notes.txt": 0o644,
+                     "index.json": 0o644}
+
+
+def test_a_stub_is_completed_through_the_remote_the_registry_is_given(tmp_path):
+    """The registry knows no Hub: a lazily pulled version is fetched by whatever `Remote` it holds."""
+    source = Registry(tmp_path / "source")
+    made = source.save(make_manifest(), tiny_tensors(7))
+    calls = []
+
+    def download(repo_id, revision, filenames, dest, *, token=None, endpoint=None):
+        calls.append((repo_id, revision, list(filenames)))
+        dest.mkdir(parents=True, exist_ok=True)
+        for fn in filenames:
+            shutil.copyfile(source.path("mnli-lora") / fn, dest / fn)
+            os.chmod(dest / fn, 0o600)  # as huggingface_hub's temp files are
+        return {fn: dest / fn for fn in filenames}
+
+    def check_pin(repo_id, revision):
+        if len(str(revision)) != 40:
+            raise XtlError(f"not pinned: {revision!r}", where="test remote")
+        return repo_id, revision
+
+    reg = Registry(tmp_path / "reg", remote=Remote(check_pin=check_pin, download=download))
+    pin = {"repo_id": "lab/mnli-lora", "revision": "c" * 40}
+    with pytest.raises(XtlError, match="not pinned"):
+        reg.save_stub(made.model_copy(update={"hub": {**pin, "revision": "main"}}))
+    stub = reg.save_stub(made.model_copy(update={"hub": pin}), version="hub-c")
+    assert stub.hub == {**pin, "lazy": True} and reg.missing_files(stub) == ["weights.safetensors"]
+    assert verify(reg) == [] and calls == []
+    old = os.umask(0o022)
+    try:
+        m, t = reg.load("mnli-lora")
+    finally:
+        os.umask(old)
+    assert calls == [("lab/mnli-lora", "c" * 40, ["weights.safetensors"])]
+    assert m.hub == pin and all(torch.equal(t[k], tiny_tensors(7)[k]) for k in t)
+    weights = reg.path("mnli-lora") / "weights.safetensors"
+    if os.name == "posix":
+        assert stat.S_IMODE(weights.stat().st_mode) == 0o644  # the user's umask, not the download's 0600
+    assert verify(reg) == [] and reg.materialize("mnli-lora") == m and len(calls) == 1
 
 
 # -- model card ----------------------------------------------------------------------------------
@@ -327,6 +384,30 @@ def test_card_front_matter_and_tables():
     assert "base_model" not in parse_front_matter(render_card(local))
 
 
+@pytest.mark.parametrize("method", ["lora", "bottleneck"])
+def test_card_metadata_and_how_to_load_with_each_library(method):
+    from huggingface_hub import ModelCard
+
+    m = Manifest(name="xnli-mod", task="xnli", format="classification", method=method,
+                 backbone=BackboneFingerprint(model_id="xlmr-e5-small", weights_sha256="ab" * 32),
+                 scores={"en": {"accuracy": 80.0}, "sw": {"accuracy": 61.5}},
+                 hub={"repo_id": "my-lab/xnli-mod", "revision": "c" * 40})
+    card = ModelCard(render_card(m))
+    assert card.data.library_name == "adapters_xtl"
+    assert card.data.base_model == "intfloat/multilingual-e5-small"
+    assert card.data.language == ["en", "sw"] and method in card.data.tags
+    assert {(r.dataset_config, r.metric_value) for r in card.data.eval_results} == {("en", 80.0), ("sw", 61.5)}
+    text = card.text
+    assert f"xtl registry pull my-lab/xnli-mod@{'c' * 40}" in text and "--lazy" in text
+    assert 'XLMRobertaModel.from_pretrained("intfloat/multilingual-e5-small", add_pooling_layer=False)' in text
+    if method == "lora":
+        assert 'PeftModel.from_pretrained(model, "my-lab/xnli-mod", subfolder="peft")' in text
+        assert "xtl registry export xnli-mod --format peft" in text
+    else:
+        assert 'allow_patterns=["adapters/*"]' in text and "model.load_adapter(folder, use_safetensors=True)" in text
+        assert "xtl registry export xnli-mod --format adapters" in text
+
+
 # -- concurrency and crashes -----------------------------------------------------------------------
 
 
@@ -355,36 +436,40 @@ def test_two_processes_register_concurrently(tmp_path):
     assert {m.seed for n in shared for m in (reg.manifest(n, "1"), reg.manifest(n, "2"))} == {0, 1}
     assert len(reg.list()) == 75
     assert sum(len(reg.versions(n)) for n in reg.names()) == 100
-    assert reg.verify() == []
+    assert verify(reg) == []
     assert not [p for p in Path(root).iterdir() if p.name.startswith(".tmp-")]
 
 
 _KILL_CHILD = """
-import os, sys, time, torch
-import adapters_xtl.registry as r
-from adapters_xtl.manifest import BackboneFingerprint, Manifest
+import json, os, sys, time, torch
+import adapters_xtl.store.index as index
+import adapters_xtl.store.weights as weights
+from adapters_xtl.store.manifest import BackboneFingerprint, Manifest
+from adapters_xtl.store.registry import Registry
+from adapters_xtl.store.remote import Remote
 
 point = sys.argv[2]
 if point == "weights":
-    orig = r._write_weights
-    def slow(path, tensors, metadata):
+    orig = weights.write_weights
+    def slow(path, tensors, metadata=None):
         orig(path, tensors, metadata)
         print("READY", flush=True)
         time.sleep(60)
-    r._write_weights = slow
+    weights.write_weights = slow
 else:
-    orig = r._atomic_write
-    def slow(path, data):
+    orig = index.atomic_write_json
+    def slow(path, obj, indent=2, **kw):
         if path.name == "index.json":
+            data = json.dumps(obj).encode()
             tmp = path.parent / (".tmp-killed-" + path.name)
             tmp.write_bytes(data[: len(data) // 2])
             print("READY", flush=True)
             time.sleep(60)
-        orig(path, data)
-    r._atomic_write = slow
+        orig(path, obj, indent, **kw)
+    index.atomic_write_json = slow
 bb = BackboneFingerprint(model_id="xlmr-e5-small", weights_sha256="ab" * 32)
 m = Manifest(name="victim", task="mnli", format="classification", method="lora", backbone=bb)
-r.Registry(sys.argv[1]).save(m, {"w": torch.ones(256, 256)})
+Registry(sys.argv[1]).save(m, {"w": torch.ones(256, 256)})
 """
 
 
@@ -408,10 +493,10 @@ def test_killed_save_leaves_registry_consistent(tmp_path, point):
     assert child.returncode == -signal.SIGKILL
 
     json.loads(reg.index_path.read_text())  # the index is valid JSON after the kill
-    problems = reg.verify()
+    problems = verify(reg)
     assert problems and all("harmless" in p or "not listed in index.json" in p for p in problems), problems
-    reg.verify(fix=True)
-    assert reg.verify() == []
+    verify(reg, fix=True)
+    assert verify(reg) == []
     assert json.loads(reg.index_path.read_text())["modules"].keys() == set(reg.names())
     assert not [p for p in reg.root.iterdir() if p.name.startswith(".tmp-")]
     reg.load("survivor")

@@ -13,14 +13,13 @@ import yaml
 
 from adapters_xtl.backbone import load_backbone
 from adapters_xtl.errors import XtlError
-from adapters_xtl.studies import runners
-from adapters_xtl.studies.runners import (
-    analyze_intermediate_language,
-    analyze_morphology,
-    analyze_similarity,
-    analyze_steps,
-    analyze_typology,
-)
+from adapters_xtl.studies import get_study, register_study, study_names
+from adapters_xtl.studies.context import load_study, run_study
+from adapters_xtl.studies.intermediate_language_study import analyze_intermediate_language
+from adapters_xtl.studies.morphology_study import alignment_of, analyze_morphology, text_words
+from adapters_xtl.studies.similarity_study import analyze_similarity
+from adapters_xtl.studies.steps_study import analyze_steps
+from adapters_xtl.studies.typology_study import analyze_typology
 
 from test_core import NEG, POS, write_toy_task
 
@@ -158,7 +157,7 @@ def test_tables_helpers():
 
 def test_text_words_keep_combining_marks():
     # a \\w+ regex would cut these Hindi and Tamil words at their vowel signs
-    assert runners.text_words('नमस्ते, दुनिया! "Hello" (world)... — வணக்கம்') == ["नमस्ते", "दुनिया", "hello", "world", "வணக்கம்"]
+    assert text_words('नमस्ते, दुनिया! "Hello" (world)... — வணக்கம்') == ["नमस्ते", "दुनिया", "hello", "world", "வணக்கம்"]
 
 
 def test_similarity_measures_and_debiased_cka():
@@ -174,7 +173,7 @@ def test_similarity_measures_and_debiased_cka():
     assert linear_cka(X, Y) > 0.4 and abs(linear_cka_debiased(X, Y)) < 0.1  # n ~ d: only the debiased is near 0
     assert linear_cka_debiased(X, 2 * X + 1) == pytest.approx(1.0)
     # a large shared offset on one side swamps cosine retrieval; the centred search sees through it
-    a = runners.alignment_of(X, X + 0.3 * Y + 200.0)
+    a = alignment_of(X, X + 0.3 * Y + 200.0)
     assert a["retrieval"] < 60 and a["retrieval_centered"] == pytest.approx(100.0) and a["cka"] > 0.8
     assert covariance_similarity(X, X[::-1] * 3) == pytest.approx(1.0)
     assert centroid_cosine(X + 5, Y + 5) > 0.9 and abs(centroid_cosine(X + 5, Y + 5, center=np.full(100, 5.0))) < 0.5
@@ -188,25 +187,30 @@ def test_similarity_measures_and_debiased_cka():
 
 
 def test_study_recipes_load_and_wrong_study_is_refused(tmp_path):
-    for name in runners.STUDIES:
-        recipe, cfg = runners.load_study(name)
-        assert recipe.intermediate and cfg.model_dump() is not None
+    assert study_names() == ["steps", "typology", "morphology", "similarity", "intermediate-language"]
+    for name in study_names():
+        recipe, cfg = load_study(name)
+        assert recipe.intermediate and isinstance(cfg, get_study(name).config_cls)
     with pytest.raises(XtlError, match="did you mean 'typology'"):
-        runners.load_study("typologie")
+        load_study("typologie")
+    steps = get_study("steps")
+    with pytest.raises(ValueError, match="registered twice"):  # a name is registered once, by its file
+        register_study("steps", question="?", config_cls=steps.config_cls, run=steps.run, render=steps.render)
+    assert get_study("steps") is steps
     r = tmp_path / "r.yaml"
     r.write_text(yaml.safe_dump({"name": "x", "targets": [{"task": "demo-topic"}], "study": {"kind": "steps"}}))
     with pytest.raises(XtlError, match="for study 'steps'"):
-        runners.load_study("typology", r)
+        load_study("typology", r)
     r.write_text(yaml.safe_dump({"name": "x", "targets": [{"task": "demo-topic"}], "study": {"schedule": [2]}}))
     with pytest.raises(XtlError, match="study.schedule"):
-        runners.load_study("steps", r)
+        load_study("steps", r)
 
 
 def test_study_recipes_plan_on_the_shared_data(tmp_path, shared_data):
     """Every shipped study recipe expands into its grid on ../shared/data (dry run: nothing trains)."""
-    for name in runners.STUDIES:
-        assert runners.run_study(name, out=tmp_path / name, data_dir=shared_data, registry=tmp_path / "reg",
-                                 console=_quiet(), dry_run=True) is None
+    for name in study_names():
+        assert run_study(name, out=tmp_path / name, data_dir=shared_data, registry=tmp_path / "reg",
+                         console=_quiet(), dry_run=True) is None
     variants = sorted(p.name for p in (tmp_path / "intermediate-language" / "tasks").glob("*.yaml"))
     assert variants == [f"udpos-local-from-{l}.yaml" for l in ("cy", "mr", "tr", "vi")]
 
@@ -287,7 +291,7 @@ def test_steps_study_end_to_end(tmp_path, tiny_bb, tiny_backbone_dir, registry):
                            intermediate=[{"task": str(write_toy_task(tmp_path / "i")), "steps": 4, "name": "toy"}],
                            targets=[{"task": str(task)}], compositions=["single", "continue"])
     out = tmp_path / "out"
-    res = runners.run_study("steps", recipe=r, out=out, registry=registry, backbone=tiny_bb, console=_quiet())
+    res = run_study("steps", recipe=r, out=out, registry=registry, backbone=tiny_bb, console=_quiet())
     doc = _check_outputs(out, "steps", {"targets", "schedule", "budget"})
     c = doc["targets"]["toy-multi"]["compositions"]["continue"]
     assert c["steps"] == [0, 2, 4] and set(c["groups"]) == {"high", "low"}
@@ -300,7 +304,7 @@ def test_steps_study_end_to_end(tmp_path, tiny_bb, tiny_backbone_dir, registry):
     assert any("steps_" in f for f in doc["figures"])
     # a second run reuses every cell and snapshot: nothing trains
     before = (out / "grid" / "results.jsonl").read_text()
-    runners.run_study("steps", recipe=r, out=out, registry=registry, backbone=tiny_bb, console=_quiet())
+    run_study("steps", recipe=r, out=out, registry=registry, backbone=tiny_bb, console=_quiet())
     assert (out / "grid" / "results.jsonl").read_text() == before
     assert len(registry.versions(names[0])) == 1
     assert res.result["headline"]
@@ -313,7 +317,7 @@ def test_steps_snapshot_equals_a_separate_training_at_full_budget(tmp_path, tiny
     base = dict(intermediate=[{"task": inter, "steps": 4, "name": "toy"}], targets=[{"task": str(task)}],
                 compositions=["continue"])
     r = write_study_recipe(tmp_path / "sep.yaml", tiny_backbone_dir, {"schedule": [0, 1], "mode": "separate"}, **base)
-    runners.run_study("steps", recipe=r, out=tmp_path / "sep", registry=registry, backbone=tiny_bb, console=_quiet())
+    run_study("steps", recipe=r, out=tmp_path / "sep", registry=registry, backbone=tiny_bb, console=_quiet())
     sep = {n: registry.manifest(n) for n in registry.names() if "-step" in n}
     assert sorted(m.steps for m in sep.values()) == [0, 4] and all(m.scores for m in sep.values())
 
@@ -324,7 +328,7 @@ def test_typology_study_end_to_end(tmp_path, tiny_bb, tiny_backbone_dir, registr
                            intermediate=[{"task": str(write_toy_task(tmp_path / "i"))}],
                            targets=[{"task": str(task)}], compositions=["single", "continue"])
     out = tmp_path / "out"
-    runners.run_study("typology", recipe=r, out=out, registry=registry, backbone=tiny_bb, console=_quiet())
+    run_study("typology", recipe=r, out=out, registry=registry, backbone=tiny_bb, console=_quiet())
     doc = _check_outputs(out, "typology", {"targets", "pivot"})
     t = doc["targets"]["toy-multi"]
     assert t["languages"] == sorted(set(LANGS) - {"en"}) and set(t["gap"]) == set(t["languages"])
@@ -381,7 +385,7 @@ def test_morphology_study_end_to_end(tmp_path, tiny_bb, tiny_backbone_dir, regis
                                          {"task": str(write_lang_task(tmp_path / "b", ["en"], name="toy-b"))}])
     out = tmp_path / "out"
     before = {n for n, _ in tiny_bb.model.named_parameters() if "lora_" in n}
-    runners.run_study("morphology", recipe=r, out=out, registry=registry, backbone=tiny_bb, console=_quiet())
+    run_study("morphology", recipe=r, out=out, registry=registry, backbone=tiny_bb, console=_quiet())
     doc = _check_outputs(out, "morphology", {"languages", "measures", "alignment", "degradation", "correlations",
                                               "summary", "parallel"})
     assert doc["languages"] == sorted(langs) and len(doc["modules"]) == 2
@@ -410,7 +414,7 @@ def test_morphology_study_end_to_end(tmp_path, tiny_bb, tiny_backbone_dir, regis
     orig = S.embed_layers
     S.embed_layers = boom
     try:
-        runners.run_study("morphology", recipe=r, out=out, registry=registry, backbone=tiny_bb, console=_quiet())
+        run_study("morphology", recipe=r, out=out, registry=registry, backbone=tiny_bb, console=_quiet())
     finally:
         S.embed_layers = orig
     again = json.loads((out / "study.json").read_text())
@@ -423,7 +427,7 @@ def test_similarity_study_end_to_end(tmp_path, tiny_bb, tiny_backbone_dir, regis
     r = write_study_recipe(tmp_path / "sim.yaml", tiny_backbone_dir, {"n_texts": 12},
                            intermediate=inters, targets=[{"task": str(target)}], compositions=["single", "continue"])
     out = tmp_path / "out"
-    runners.run_study("similarity", recipe=r, out=out, registry=registry, backbone=tiny_bb, console=_quiet())
+    run_study("similarity", recipe=r, out=out, registry=registry, backbone=tiny_bb, console=_quiet())
     doc = _check_outputs(out, "similarity", {"compositions", "measures", "similarities"})
     assert set(doc["measures"]) == {"text_cos", "text_cos_centered", "cov_sim", "delta_cos", "delta_cos_layer"}
     c = doc["compositions"]["continue"]
@@ -464,7 +468,7 @@ def test_intermediate_language_study_end_to_end(tmp_path, tiny_bb, tiny_backbone
                            data_dir=str(data), intermediate=[{"task": str(pos), "steps": 4, "name": "pos"}],
                            targets=[{"task": str(target)}], compositions=["single", "continue"])
     out = tmp_path / "out"
-    runners.run_study("intermediate-language", recipe=r, out=out, registry=registry, backbone=tiny_bb, console=_quiet())
+    run_study("intermediate-language", recipe=r, out=out, registry=registry, backbone=tiny_bb, console=_quiet())
     doc = _check_outputs(out, "intermediate-language", {"targets", "intermediate_languages", "train_files"})
     assert doc["intermediate_languages"] == {"toy-pos": "en", "toy-pos-from-tr": "tr", "toy-pos-from-vi": "vi"}
     assert doc["train_files"]["tr"] == "{data_dir}/ud/UD_Turkish-IMST/tr_imst-ud-train.conllu"
@@ -485,15 +489,15 @@ def test_intermediate_language_study_end_to_end(tmp_path, tiny_bb, tiny_backbone
         r2 = write_study_recipe(tmp_path / "il2.yaml", tiny_backbone_dir, {"train_languages": ["en", "de"]},
                                 data_dir=str(data), intermediate=[{"task": str(pos), "steps": 4}],
                                 targets=[{"task": str(target)}], compositions=["single", "continue"])
-        runners.run_study("intermediate-language", recipe=r2, out=tmp_path / "o2", registry=registry,
-                          backbone=tiny_bb, console=_quiet())
+        run_study("intermediate-language", recipe=r2, out=tmp_path / "o2", registry=registry,
+                  backbone=tiny_bb, console=_quiet())
 
 
 def test_cli_study_dry_run_and_errors(tmp_path, tiny_backbone_dir):
     import typer
     from typer.testing import CliRunner
 
-    from adapters_xtl.cli_study import study
+    from adapters_xtl.cli.study import study
 
     app = typer.Typer()
     app.command()(study)

@@ -20,7 +20,7 @@ from adapters_xtl.formats import get_format
 from adapters_xtl.formats.tagging import IGNORE, tagging_kind
 from adapters_xtl.pipeline import evaluate_module, train_module
 from adapters_xtl.tasks import TaskSpec, get_task
-from adapters_xtl.train import TrainConfig
+from adapters_xtl.trainer import TrainConfig
 
 FAST = TrainConfig(steps=6, batch_size=8, eval_every=3, lr=5e-3, log_every=3)
 

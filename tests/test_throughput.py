@@ -1,5 +1,6 @@
-"""The planner prices grids from what this machine measured: training runs record their speed,
-and `estimate_hours` prefers a measurement of the same task over FLOP/s over a peak-based guess."""
+"""The planner prices grids from what this machine measured: training runs record their speed in
+the log (throughput.py), and `estimate_hours` (cost.py) prefers a measurement of the same task
+over FLOP/s over a peak-based guess."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import pytest
 
 from adapters_xtl import throughput
 from adapters_xtl.backbone import load_backbone
+from adapters_xtl.cost import step_cost
 from adapters_xtl.pipeline import train_module
 from adapters_xtl.recipe import expand, load_recipe
 from adapters_xtl.runner import describe, estimate_hours
-from adapters_xtl.train import TrainConfig
+from adapters_xtl.trainer import TrainConfig
 
 from test_core import write_toy_task
 
@@ -27,25 +29,25 @@ KEY = dict(backbone="bb", quantization="none", method="lora", device="cpu")
 
 def test_same_task_wins_and_scales_with_batch():
     rows = [row(task="other", sec=9.0), row(task="t", sec=2.0, batch=16)]
-    cost = throughput.step_cost(rows, **KEY, task="t", batch_size=32, flops_per_step=1.0, guess_flops_per_s=1.0)
+    cost = step_cost(rows, **KEY, task="t", batch_size=32, flops_per_step=1.0, guess_flops_per_s=1.0)
     assert cost.source == "task" and cost.seconds == pytest.approx(4.0)
 
 
 def test_other_tasks_give_flops_per_second():
     rows = [row(task="other", sec=2.0, flops=1e11)]  # 5e10 FLOP/s achieved
-    cost = throughput.step_cost(rows, **KEY, task="t", batch_size=8, flops_per_step=1e11, guess_flops_per_s=1.0)
+    cost = step_cost(rows, **KEY, task="t", batch_size=8, flops_per_step=1e11, guess_flops_per_s=1.0)
     assert cost.source == "flops" and cost.seconds == pytest.approx(2.0)
 
 
 def test_nothing_measured_for_this_backbone_or_device_is_a_guess():
     rows = [row(backbone="another"), {**row(), "device": "cuda"}, {**row(), "quantization": "4bit"}]
-    cost = throughput.step_cost(rows, **KEY, task="t", batch_size=8, flops_per_step=1e11, guess_flops_per_s=1e10)
+    cost = step_cost(rows, **KEY, task="t", batch_size=8, flops_per_step=1e11, guess_flops_per_s=1e10)
     assert cost.source == "guess" and cost.seconds == pytest.approx(10.0)
 
 
 def test_recent_measurements_count_median_of_last_five():
     rows = [row(sec=100.0)] * 3 + [row(sec=s) for s in (1.0, 2.0, 3.0, 4.0, 50.0)]
-    cost = throughput.step_cost(rows, **KEY, task="t", batch_size=16, flops_per_step=1.0, guess_flops_per_s=1.0)
+    cost = step_cost(rows, **KEY, task="t", batch_size=16, flops_per_step=1.0, guess_flops_per_s=1.0)
     assert cost.seconds == pytest.approx(3.0)
 
 

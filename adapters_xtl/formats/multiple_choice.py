@@ -39,9 +39,24 @@ import torch
 from .. import metrics
 from ..errors import XtlError
 from . import register_format
-from .base import Format, length_bucketed_batches, pad_sequences, pool, to_device
+from .base import (
+    Format,
+    flag_truncated,
+    input_error,
+    input_list,
+    input_roles,
+    keep_row,
+    length_bucketed_batches,
+    limited_spec,
+    pad_sequences,
+    pool,
+    to_device,
+    was_cut,
+)
 
 _CHOICE_ROLE = re.compile(r"choice(\d+)$")
+NO_LABEL = -100  # the label of an example to predict
+_TEXT_ROLES = ("context", "question")
 
 
 class MultipleChoiceHead(torch.nn.Module):
@@ -122,6 +137,21 @@ def _label(ex: dict, spec, n: int, letters: list[str] | None) -> int:
     return idx
 
 
+def _sequences(ex: dict, texts: list[str]) -> list[tuple[str, str | None]]:
+    """The (first, second) text pair of each choice of one example (module doc: Encoding)."""
+    context, question = _text(ex.get("context")), _text(ex.get("question"))
+    if context:
+        return [(context, f"{question} {c}" if question else c) for c in texts]
+    if question:
+        return [(question, c) for c in texts]
+    return [(c, None) for c in texts]
+
+
+def _first_max(row: list[float]) -> int:
+    """argmax with the first choice winning a tie (as `metrics.choice_accuracy`)."""
+    return max(range(len(row)), key=lambda j: (row[j], -j))
+
+
 class MultipleChoice(Format):
     name = "multiple_choice"
 
@@ -134,42 +164,41 @@ class MultipleChoice(Format):
     def encode(self, examples, spec, tokenizer, *, train):
         """A feature: `choice_ids` (one id list per choice), `label`, and `input_ids` = its longest
         choice (what length bucketing sorts by: a batch pads every choice to that length)."""
-        firsts, seconds, owners, labels = [], [], [], []
+        return self._encode(examples, spec, tokenizer, labelled=True)[0]
+
+    def _encode(self, examples, spec, tokenizer, *, labelled: bool):
+        """(features, per feature: was any of its choices cut by truncation)."""
+        pairs, owners, labels = [], [], []
         for i, ex in enumerate(examples):
             texts, letters = _choices(ex, spec)
             if spec.labels and len(texts) != len(spec.labels):
                 _fail(spec, ex, f"has {len(texts)} choices, the task declares {len(spec.labels)} ({list(spec.labels)})",
                       "drop `labels` from the task to allow a varying number of choices")
-            labels.append(_label(ex, spec, len(texts), letters))
-            context, question = _text(ex.get("context")), _text(ex.get("question"))
-            for c in texts:
-                if context:
-                    first, second = context, f"{question} {c}" if question else c
-                elif question:
-                    first, second = question, c
-                else:
-                    first, second = c, None
-                firsts.append(first)
-                seconds.append(second)
+            labels.append(_label(ex, spec, len(texts), letters) if labelled else NO_LABEL)
+            for pair in _sequences(ex, texts):
+                pairs.append(pair)
                 owners.append(i)
+        ids: list[list[int] | None] = [None] * len(pairs)
+        cut = [False] * len(pairs)
+        for paired in (True, False):
+            ks = [k for k, (_, second) in enumerate(pairs) if (second is not None) == paired]
+            if not ks:
+                continue
+            firsts = [pairs[k][0] for k in ks]
+            seconds = [pairs[k][1] for k in ks] if paired else None
+            enc = tokenizer(firsts, seconds, truncation="longest_first" if paired else True,
+                            max_length=spec.max_length)["input_ids"]
+            flags = was_cut(tokenizer, firsts, seconds, enc, spec.max_length) if not labelled else [False] * len(ks)
+            for k, e, c in zip(ks, enc, flags):
+                ids[k], cut[k] = e, c
         feats = [{"choice_ids": [], "label": lab} for lab in labels]
-        single = [k for k, s in enumerate(seconds) if s is None]
-        paired = [k for k, s in enumerate(seconds) if s is not None]
-        ids: list[list[int] | None] = [None] * len(firsts)
-        if paired:
-            enc = tokenizer([firsts[k] for k in paired], [seconds[k] for k in paired],
-                            truncation="longest_first", max_length=spec.max_length)["input_ids"]
-            for k, e in zip(paired, enc):
-                ids[k] = e
-        if single:
-            enc = tokenizer([firsts[k] for k in single], truncation=True, max_length=spec.max_length)["input_ids"]
-            for k, e in zip(single, enc):
-                ids[k] = e
+        truncated = [False] * len(examples)
         for k, owner in enumerate(owners):
             feats[owner]["choice_ids"].append(ids[k])
+            truncated[owner] = truncated[owner] or cut[k]
         for f in feats:
             f["input_ids"] = max(f["choice_ids"], key=len)
-        return feats
+        return feats, truncated
 
     def collate(self, features, pad_id):
         seqs, rows, cols = [], [], []
@@ -206,9 +235,59 @@ class MultipleChoice(Format):
                 out[i] = scores[row, : len(features[i]["choice_ids"])].tolist()
         return out
 
-    def score(self, model, features, examples, spec, batch_size, lang=None):
+    @staticmethod
+    def _probabilities(scores: list[float]) -> list[float]:
+        return torch.tensor(scores, dtype=torch.float64).softmax(-1).tolist()
+
+    def score(self, model, features, examples, spec, batch_size, lang=None, keep=None):
         logits = self.predict(model, features, batch_size)
-        return {"accuracy": 100.0 * metrics.choice_accuracy(logits, [f["label"] for f in features])}
+        gold = [f["label"] for f in features]
+        if keep is not None:
+            for i, (e, row, g) in enumerate(zip(examples, logits, gold)):
+                p = _first_max(row)
+                keep.append(keep_row(e, i, g, p, self._probabilities(row)[p]))
+        return {"accuracy": 100.0 * metrics.choice_accuracy(logits, gold)}
+
+    # ----------------------------------------------------------------------- inference
+    def examples_from_inputs(self, inputs, spec):
+        """A dict with the task's text roles (`question`, `context`: those its `columns` map) and
+        `choices`, a list of two or more non-empty strings. A string is not enough: an error
+        names the fields."""
+        roles = tuple(r for r in _TEXT_ROLES if r in spec.columns) + ("choices",)
+        shape = "{" + ", ".join(f'"{r}": ...' for r in roles[:-1]) + (", " if roles[:-1] else "") + '"choices": ["...", "..."]}'
+        fix = f"pass {shape}"
+        out = []
+        for n, inp in enumerate(input_list(inputs, spec)):
+            ex = input_roles(inp, n, roles, spec, fix)
+            choices = ex["choices"]
+            if isinstance(choices, str) or not isinstance(choices, (list, tuple)):
+                raise input_error(n, f"field 'choices' must be a list of choice texts, got {type(choices).__name__}", fix)
+            if len(choices) < 2:
+                raise input_error(n, f"field 'choices' needs two or more choices, got {len(choices)}", fix)
+            blank = [j for j, c in enumerate(choices) if not _text(c)]
+            if blank:
+                raise input_error(n, f"field 'choices' has empty choice(s) at {blank}", "give every choice a text")
+            for r in roles[:-1]:
+                if not isinstance(ex[r], str):
+                    raise input_error(n, f"field {r!r} must be a string, got {type(ex[r]).__name__}", fix)
+            ex["choices"] = [str(c) for c in choices]
+            out.append(ex)
+        return out
+
+    def predict_examples(self, model, examples, spec, batch_size=32):
+        """{"choice": index, "label": its text, "score": its probability, "probabilities": [...]},
+        plus "truncated": True when a choice's sequence was cut to the encoder limit."""
+        if not examples:
+            return []
+        spec = limited_spec(spec, model.tokenizer)
+        feats, truncated = self._encode(examples, spec, model.tokenizer, labelled=False)
+        outs = []
+        for ex, row in zip(examples, self.predict(model, feats, batch_size)):
+            probs = self._probabilities(row)
+            best = _first_max(row)
+            texts, _ = _choices(ex, spec)
+            outs.append({"choice": best, "label": texts[best], "score": probs[best], "probabilities": probs})
+        return flag_truncated(outs, truncated)
 
 
 register_format(MultipleChoice())

@@ -40,6 +40,14 @@ passes `--specific_layer 7` but not `--num_layers`, so `run_retrieval.py` indexe
 hidden states (= layer 20 of 24 on XLM-R large, layer 8 on 12-layer models), and although it
 passes `--pool_type cls`, `extract_embeddings` is called without it, so mean pooling is what
 runs. Max length: 512 on real XTREME runs (the catalog's bucc2018/tatoeba tasks), as jiant.
+
+Inference (`predict_examples`) returns the embedding scoring uses (same layer, pooling and
+truncation), unnormalised; the similarity the scores rank by is the cosine of two of them.
+Per-example rows (`keep=`): in pairs mode one row per sentence and direction (`direction`
+`xx2en` or `en2xx`), gold and predicted neighbour indices and the cosine of the prediction, so
+their mean correctness is `accuracy`; in mining mode one row per mined pair (`prediction` the en
+id, `score` its margin) and one per gold pair never mined (`prediction` None), each with the
+source id's gold en ids, from which `metrics.bucc_f1` gives the scores back.
 """
 
 from __future__ import annotations
@@ -53,7 +61,19 @@ import torch
 from .. import metrics
 from ..errors import XtlError
 from . import register_format
-from .base import Format, length_bucketed_batches, pad_sequences, pool, to_device
+from .base import (
+    Format,
+    flag_truncated,
+    input_list,
+    input_roles,
+    keep_row,
+    length_bucketed_batches,
+    limited_spec,
+    pad_sequences,
+    pool,
+    to_device,
+    was_cut,
+)
 
 MARGIN_K = 4  # neighbourhood of the ratio margin (LASER / XTREME)
 DENSE_LIMIT = 4_000_000  # src x tgt sizes up to this go through metrics.mine_pairs (float64, dense)
@@ -63,19 +83,29 @@ def default_layer(num_layers: int) -> int:
     return max(1, round(num_layers * 7 / 12))
 
 
-@torch.inference_mode()
+def token_ids(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """What `embed` feeds the encoder: each text, truncated to `max_length` tokens."""
+    return tokenizer([t or "" for t in texts], truncation=True, max_length=max_length)["input_ids"]
+
+
 def embed(model, texts: list[str], *, layer: int | None, max_length: int = 128, batch_size: int = 32,
           pooling: str = "mean") -> torch.Tensor:
     """Pooled hidden states of `layer` (0 = embeddings; None = 7/12 of the depth) per text, in order."""
-    tok = model.tokenizer
-    enc = tok([t or "" for t in texts], truncation=True, max_length=max_length)["input_ids"]
+    return embed_ids(model, token_ids(model.tokenizer, texts, max_length), layer=layer, batch_size=batch_size,
+                     pooling=pooling)
+
+
+@torch.inference_mode()
+def embed_ids(model, enc: list[list[int]], *, layer: int | None, batch_size: int = 32,
+              pooling: str = "mean") -> torch.Tensor:
+    """`embed` of already tokenized texts."""
     L = default_layer(model.num_layers) if layer is None else layer
     if not 0 <= L <= model.num_layers:
         raise XtlError(f"retrieval_layer {L} is outside 0..{model.num_layers} (0 = embeddings)",
                        where="retrieval_layer", fix=f"pick a layer of this {model.num_layers}-layer backbone")
-    out = torch.zeros(len(texts), model.hidden_size)
+    out = torch.zeros(len(enc), model.hidden_size)
     for b in length_bucketed_batches([len(e) for e in enc], batch_size, seed=None):
-        ids, mask = pad_sequences([enc[i] for i in b], tok.pad_token_id)
+        ids, mask = pad_sequences([enc[i] for i in b], model.tokenizer.pad_token_id)
         batch = to_device({"input_ids": ids, "attention_mask": mask}, model.device)
         hs = model.encode(batch, output_hidden_states=True).hidden_states[L]
         out[b] = pool(hs.float(), batch["attention_mask"], pooling).cpu()
@@ -85,6 +115,20 @@ def embed(model, texts: list[str], *, layer: int | None, max_length: int = 128, 
 def embed_spec(model, texts: list[str], spec, batch_size: int = 32) -> torch.Tensor:
     return embed(model, texts, layer=spec.retrieval_layer, max_length=spec.max_length,
                  batch_size=batch_size, pooling=spec.pooling)
+
+
+def nearest_rows(a: np.ndarray, b: np.ndarray, direction: str) -> list[dict]:
+    """Keep rows of pairs mode for one direction: row i of `a` should find row i of `b`. Cosine
+    in float64 with zero rows left at zero and ties to the lowest index, as
+    `metrics.retrieval_accuracy`."""
+    def unit(m):
+        m = np.asarray(m, dtype=np.float64)
+        norms = np.linalg.norm(m, axis=1, keepdims=True)
+        return m / np.where(norms > 0, norms, 1.0)
+
+    sim = unit(a) @ unit(b).T
+    best = np.argmax(sim, axis=1)
+    return [{**keep_row({}, i, i, int(j), float(sim[i, j])), "direction": direction} for i, j in enumerate(best)]
 
 
 # --------------------------------------------------------------------------- mining
@@ -226,17 +270,19 @@ class Retrieval(Format):
         return {"kind": "none", "mode": spec.retrieval_mode, "pooling": spec.pooling, "layer": spec.retrieval_layer}
 
     def score_language(self, model, spec, lang: str, *, data_dir: Path | None = None, limit: int | None = None,
-                       batch_size: int = 32) -> dict[str, float]:
-        """Scores of one language in either mode (what `evaluate` calls for retrieval tasks)."""
+                       batch_size: int = 32, keep: list | None = None) -> dict[str, float]:
+        """Scores of one language in either mode (what `evaluate` calls for retrieval tasks);
+        a list `keep` gets the per-example rows (module doc)."""
         if spec.retrieval_mode == "mining":
             xx, en, gold = mining_sides(spec, lang, data_dir, limit)
-            return self.score_mining(model, xx, en, gold, spec, batch_size=batch_size)
-        from ..evaluate import retrieval_pairs
+            return self.score_mining(model, xx, en, gold, spec, batch_size=batch_size, keep=keep)
+        from ..evaluation import retrieval_pairs
 
         src, tgt = retrieval_pairs(spec, lang, data_dir, limit)
-        return self.score_pairs(model, src, tgt, spec, batch_size=batch_size)
+        return self.score_pairs(model, src, tgt, spec, batch_size=batch_size, keep=keep)
 
-    def score_pairs(self, model, src: list[str], tgt: list[str], spec, batch_size: int = 32) -> dict[str, float]:
+    def score_pairs(self, model, src: list[str], tgt: list[str], spec, batch_size: int = 32,
+                    keep: list | None = None) -> dict[str, float]:
         if len(src) != len(tgt):
             raise XtlError(
                 f"retrieval sides differ in length: {len(src)} vs {len(tgt)} lines",
@@ -249,6 +295,8 @@ class Retrieval(Format):
         a = embed_spec(model, src, spec, batch_size)
         b = embed_spec(model, tgt, spec, batch_size)
         both = metrics.retrieval_accuracy_both(a.numpy(), b.numpy())
+        if keep is not None:
+            keep.extend(nearest_rows(a.numpy(), b.numpy(), "xx2en") + nearest_rows(b.numpy(), a.numpy(), "en2xx"))
         return {
             "accuracy": 100.0 * (both["src2tgt"] + both["tgt2src"]) / 2,
             "accuracy_xx2en": 100.0 * both["src2tgt"],
@@ -256,7 +304,8 @@ class Retrieval(Format):
         }
 
     def score_mining(self, model, xx: list[tuple[str, str]], en: list[tuple[str, str]],
-                     gold: list[tuple[str, str]], spec, batch_size: int = 32) -> dict[str, float]:
+                     gold: list[tuple[str, str]], spec, batch_size: int = 32,
+                     keep: list | None = None) -> dict[str, float]:
         """BUCC P/R/F1 (percent) of mining `xx` against `en` ((id, text) rows) given gold id pairs."""
         if not xx or not en:
             raise XtlError("a mining side is empty", where=spec.file or spec.name)
@@ -272,10 +321,39 @@ class Retrieval(Format):
                 for tid in owners_e[t]:
                     key = (sid, tid)
                     cands[key] = max(score, cands.get(key, -math.inf))
+        if keep is not None:
+            keep.extend(mining_rows(cands, gold))
         if not cands:  # nothing mined with a positive margin
             return {"f1": 0.0, "precision": 0.0, "recall": 0.0}
         res = metrics.bucc_f1(cands, gold)
         return {"f1": res["f1"], "precision": res["precision"], "recall": res["recall"]}
+
+    # ----------------------------------------------------------------------- inference
+    def examples_from_inputs(self, inputs, spec):
+        """A string is a sentence to embed; a dict gives it as `text`."""
+        fix = 'pass a sentence string or {"text": ...}'
+        return [input_roles({"text": inp} if isinstance(inp, str) else inp, n, ("text",), spec, fix)
+                for n, inp in enumerate(input_list(inputs, spec))]
+
+    def predict_examples(self, model, examples, spec, batch_size=32):
+        spec = limited_spec(spec, model.tokenizer)
+        texts = [str(e.get("text") or "") for e in examples]
+        ids = token_ids(model.tokenizer, texts, spec.max_length)
+        emb = embed_ids(model, ids, layer=spec.retrieval_layer, batch_size=batch_size, pooling=spec.pooling)
+        outs = [{"embedding": row} for row in emb.tolist()]
+        return flag_truncated(outs, was_cut(model.tokenizer, texts, None, ids, spec.max_length))
+
+
+def mining_rows(cands: dict[tuple[str, str], float], gold: list[tuple[str, str]]) -> list[dict]:
+    """Keep rows of mining mode (module doc), best mined pair first, then unmined gold pairs."""
+    gold = list(dict.fromkeys(gold))
+    gold_of: dict[str, list[str]] = {}
+    for s, t in gold:
+        gold_of.setdefault(s, []).append(t)
+    rows = [keep_row({"id": s}, 0, gold_of.get(s, []), t, score)
+            for (s, t), score in sorted(cands.items(), key=lambda kv: -kv[1])]
+    rows += [keep_row({"id": s}, 0, gold_of[s], None, None) for s, t in gold if (s, t) not in cands]
+    return rows
 
 
 register_format(Retrieval())

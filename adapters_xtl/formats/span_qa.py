@@ -26,6 +26,11 @@ a context token. Like ``run_qa`` (and unlike the original BERT/XTREME ``run_squa
 "max context" filter is applied to tokens seen by several windows. No unanswerable questions
 (v1.1).
 
+Inference (``predict_examples``) decodes as scoring does and reports the answer's probability
+within its window (softmax of the start, times that of the end, over the window's context tokens)
+and its character offset. The context is never cut (strides); a question over
+``max_query_length`` is, and is flagged ``truncated``.
+
 Scores: ``metrics.squad_scores`` (XQuAD, TyDiQA, SQuAD), or ``metrics.mlqa_scores`` with the
 context language when the task is MLQA (``"mlqa"`` in ``metrics:`` or a name starting with
 ``mlqa``); ``qa_score`` is (EM + F1) / 2 as XTREME.
@@ -35,13 +40,24 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 
 from .. import metrics
 from ..errors import XtlError
 from . import register_format
-from .base import Format, length_bucketed_batches, pad_sequences, to_device
+from .base import (
+    Format,
+    flag_truncated,
+    input_error,
+    input_list,
+    input_roles,
+    keep_row,
+    length_bucketed_batches,
+    pad_sequences,
+    to_device,
+)
 
 DEFAULTS = {"max_length": 384, "doc_stride": 128, "max_query_length": 64, "max_answer_length": 30, "n_best_size": 20}
 ROLES = ("id", "question", "context", "answers")
@@ -200,6 +216,17 @@ def best_spans(
     return start, start + idx % L, val
 
 
+@dataclass
+class Answer:
+    """A decoded answer: its text, character start in the context (None when empty), probability
+    within its window, and the start + end logit that ranked it among windows."""
+
+    text: str = ""
+    start: int | None = None
+    prob: float = 0.0
+    logit: float = float("-inf")
+
+
 class SpanQAHead(torch.nn.Module):
     """A linear layer to start/end logits (as RobertaForQuestionAnswering); padding is masked."""
 
@@ -308,35 +335,49 @@ class SpanQA(Format):
         return (ce(out[..., 0], batch["start_positions"]) + ce(out[..., 1], batch["end_positions"])) / 2
 
     # ----------------------------------------------------------------------- decoding and scores
-    @torch.inference_mode()
     def predict(self, model, features, examples, spec, batch_size) -> list[str]:
         """The answer text of every example (in `examples` order; "" when nothing was found)."""
+        return [a.text for a in self.decode(model, features, examples, spec, batch_size)]
+
+    @torch.inference_mode()
+    def decode(self, model, features, examples, spec, batch_size) -> list[Answer]:
+        """The best answer of every example, in `examples` order: the window with the highest
+        start + end logit wins; an example with no candidate gets the empty `Answer()`."""
         cfg = qa_settings(spec)
-        best: dict[int, tuple[float, str]] = {}
+        best: dict[int, Answer] = {}
         lengths = [len(f["input_ids"]) for f in features]
         for b in length_bucketed_batches(lengths, batch_size, seed=None):
             batch = to_device(self.collate([features[i] for i in b], model.pad_id), model.device)
             logits = model(batch)
-            starts, ends, scores = best_spans(logits[..., 0], logits[..., 1], batch["context_mask"],
+            ctx = batch["context_mask"].bool()
+            starts, ends, scores = best_spans(logits[..., 0], logits[..., 1], ctx,
                                               n_best=cfg["n_best_size"], max_answer_length=cfg["max_answer_length"])
-            for i, s, e, sc in zip(b, starts.tolist(), ends.tolist(), scores.tolist()):
-                self._keep_best(best, features[i], examples, s, e, sc)
-        return [best[i][1] if i in best else "" for i in range(len(examples))]
+            norm = sum(logits[..., k].float().masked_fill(~ctx, float("-inf")).logsumexp(1) for k in (0, 1))
+            probs = (scores - norm).exp()
+            for i, s, e, sc, p in zip(b, starts.tolist(), ends.tolist(), scores.tolist(), probs.tolist()):
+                self._keep_best(best, features[i], examples, s, e, sc, p)
+        return [best.get(i, Answer()) for i in range(len(examples))]
 
     @staticmethod
-    def _keep_best(best, feature, examples, s, e, score) -> None:
+    def _keep_best(best, feature, examples, s, e, score, prob) -> None:
         if score == float("-inf"):
             return
         ex = feature["example_index"]
-        if ex not in best or score > best[ex][0]:
+        if ex not in best or score > best[ex].logit:
             offs = feature["offsets"]
-            text = str(examples[ex].get("context") or "")[offs[s][0] : offs[e][1]].strip()
-            best[ex] = (score, text)
+            raw = str(examples[ex].get("context") or "")[offs[s][0] : offs[e][1]]
+            text = raw.strip()
+            start = offs[s][0] + len(raw) - len(raw.lstrip()) if text else None
+            best[ex] = Answer(text, start, prob, score)
 
-    def score(self, model, features, examples, spec, batch_size, lang: str | None = None):
+    def score(self, model, features, examples, spec, batch_size, lang: str | None = None, keep=None):
         """EM, F1 and XTREME's QA score, in percent. `lang` (ours) selects MLQA's normalisation;
         without it, the task's training language is assumed."""
-        return self.score_predictions(self.predict(model, features, examples, spec, batch_size), examples, spec, lang)
+        answers = self.decode(model, features, examples, spec, batch_size)
+        if keep is not None:
+            keep.extend(keep_row(e, i, [t for t, _ in gold_answers(e)], a.text, a.prob)
+                        for i, (e, a) in enumerate(zip(examples, answers)))
+        return self.score_predictions([a.text for a in answers], examples, spec, lang)
 
     def score_predictions(self, preds: list[str], examples: list[dict], spec, lang: str | None = None) -> dict[str, float]:
         golds = {i: [t for t, _ in gold_answers(e)] for i, e in enumerate(examples)}
@@ -356,6 +397,33 @@ class SpanQA(Format):
         else:
             s = metrics.squad_scores(pred_map, golds)
         return {"exact_match": s["exact_match"], "f1": s["f1"], "qa_score": metrics.qa_score(s["exact_match"], s["f1"])}
+
+    # ----------------------------------------------------------------------- inference
+    def examples_from_inputs(self, inputs, spec):
+        """Each input is a dict with `question` and `context`."""
+        fix = 'pass {"question": ..., "context": ...}'
+        out = []
+        for n, inp in enumerate(input_list(inputs, spec)):
+            if isinstance(inp, str):
+                raise input_error(n, f"task {spec.name!r} answers questions about a text: a plain string is not "
+                                     "enough, the fields 'question' and 'context' are needed", fix)
+            ex = input_roles(inp, n, ("question", "context"), spec, fix)
+            ex["question"], ex["context"] = str(ex["question"]), str(ex["context"])
+            out.append(ex)
+        return out
+
+    def predict_examples(self, model, examples, spec, batch_size=32):
+        """`truncated` when the question was cut to `max_query_length` (the context never is)."""
+        if not examples:
+            return []
+        tok = model.tokenizer
+        features = self.encode(examples, spec, tok, train=False)
+        answers = self.decode(model, features, examples, spec, batch_size)
+        questions = [str(e.get("question") or "").lstrip() for e in examples]
+        kept = _truncate_questions(questions, tok, qa_settings(spec)["max_query_length"])
+        cut = [a != b for a, b in zip(kept, questions)]
+        outs = [{"answer": a.text, "score": a.prob, "start": a.start} for a in answers]
+        return flag_truncated(outs, cut)
 
 
 register_format(SpanQA())

@@ -23,6 +23,9 @@ Scores (percent), chosen by `metrics:` in the task YAML:
   [ner_f1]                        -> {"f1", "precision", "recall"}   entity-level seqeval, as XTREME PAN-X
   [pos_accuracy] / [pos_xtreme_f1] -> {"accuracy", "f1_xtreme"}      token accuracy, and XTREME's UD-POS
                                                                       number (seqeval on raw UPOS tags)
+Inference (`predict_examples`) encodes and decodes exactly as scoring does: a string input is
+split on whitespace into words, and long inputs are windowed, never truncated.
+
 With no `metrics:` a tag set that looks like IOB2 (`O` plus `B-`/`I-` tags) is NER, anything else
 POS. The default main metric of tagging is `f1`: a POS task should set `main_metric: accuracy`
 (or `f1_xtreme` to compare with the XTREME leaderboard).
@@ -35,7 +38,17 @@ import torch
 from .. import metrics
 from ..errors import XtlError
 from . import register_format
-from .base import Format, length_bucketed_batches, pad_sequences, to_device
+from .base import (
+    Format,
+    input_error,
+    input_list,
+    input_roles,
+    keep_row,
+    length_bucketed_batches,
+    limited_spec,
+    pad_sequences,
+    to_device,
+)
 
 IGNORE = -100
 FALLBACK_TAG = "O"  # what an unpredicted word counts as (see the module doc)
@@ -150,7 +163,11 @@ class Tagging(Format):
             words = [str(w) for w in tokens]
             tag_ids.append(_normalise_tags(ex, spec, len(words), label_id))
             words_of.append(words)
+        return self._features(words_of, tag_ids, spec, tokenizer)
 
+    def _features(self, words_of: list[list[str]], tag_ids: list[list[int]], spec, tokenizer) -> list[dict]:
+        """Windows of the sentences `words_of` (lists of words, changed in place: see <unk>)
+        labelled with `tag_ids`; what `encode` returns."""
         # sub-words per word (each word is tokenized on its own, so counts do not depend on windows)
         counts_of: list[list[int]] = []
         nonempty = [i for i, w in enumerate(words_of) if w]
@@ -204,32 +221,48 @@ class Tagging(Format):
         )
 
     @torch.inference_mode()
-    def predict(self, model, features, batch_size) -> list[list[int]]:
-        """Per feature: the predicted label id of each word of its window, in order."""
+    def predict_scored(self, model, features, batch_size) -> list[tuple[list[int], list[float]]]:
+        """Per feature: (label id, its probability) of each word of its window, in order."""
         lengths = [len(f["input_ids"]) for f in features]
-        out: list[list[int]] = [[] for _ in features]
+        out: list[tuple[list[int], list[float]]] = [([], []) for _ in features]
         for b in length_bucketed_batches(lengths, batch_size, seed=None):
             batch = to_device(self.collate([features[i] for i in b], model.pad_id), model.device)
-            pred = model(batch).argmax(-1).cpu()
+            logits = model(batch).float()
+            pred = logits.argmax(-1)
+            prob = logits.softmax(-1).gather(-1, pred.unsqueeze(-1)).squeeze(-1).cpu()
+            pred = pred.cpu()
             first = batch["labels"].cpu() != IGNORE
             for row, i in enumerate(b):
-                out[i] = pred[row][first[row]].tolist()
+                out[i] = (pred[row][first[row]].tolist(), prob[row][first[row]].tolist())
         return out
+
+    def predict(self, model, features, batch_size) -> list[list[int]]:
+        """Per feature: the predicted label id of each word of its window, in order."""
+        return [ids for ids, _ in self.predict_scored(model, features, batch_size)]
 
     def predict_tags(self, model, features, examples, spec, batch_size) -> list[list[str]]:
         """Predicted tags per example, one per word; unpredicted words are `O` (module doc)."""
-        preds = [[FALLBACK_TAG] * len(e.get("tokens") or []) for e in examples]
-        for f, p in zip(features, self.predict(model, features, batch_size)):
-            row = preds[f["example"]]
-            for k, label in enumerate(p):
+        return self._stitch(model, features, examples, spec, batch_size)[0]
+
+    def _stitch(self, model, features, examples, spec, batch_size) -> tuple[list[list[str]], list[list[float | None]]]:
+        """(tags, probabilities) per example, one per word, windows put back together; an
+        unpredicted word is `O` with probability None."""
+        tags = [[FALLBACK_TAG] * len(e.get("tokens") or []) for e in examples]
+        probs: list[list[float | None]] = [[None] * len(t) for t in tags]
+        for f, (ids, ps) in zip(features, self.predict_scored(model, features, batch_size)):
+            row, prow = tags[f["example"]], probs[f["example"]]
+            for k, (label, p) in enumerate(zip(ids, ps)):
                 if f["words"] + k < len(row):
                     row[f["words"] + k] = spec.labels[label]
-        return preds
+                    prow[f["words"] + k] = p
+        return tags, probs
 
-    def score(self, model, features, examples, spec, batch_size, lang=None):
-        pred = self.predict_tags(model, features, examples, spec, batch_size)
+    def score(self, model, features, examples, spec, batch_size, lang=None, keep=None):
+        pred, probs = self._stitch(model, features, examples, spec, batch_size)
         lmap = spec.label_map or {}
         gold = [[lmap.get(str(t), str(t)) for t in e["tags"]] for e in examples]
+        if keep is not None:
+            keep.extend(keep_row(e, i, g, p, ps) for i, (e, g, p, ps) in enumerate(zip(examples, gold, pred, probs)))
         pairs = [(p, g) for p, g in zip(pred, gold) if g]  # empty sentences score nothing
         pred, gold = [p for p, _ in pairs], [g for _, g in pairs]
         if tagging_kind(spec) == "ner":
@@ -239,6 +272,29 @@ class Tagging(Format):
             "accuracy": 100.0 * metrics.pos_accuracy(pred, gold),
             "f1_xtreme": 100.0 * metrics.pos_xtreme_f1(pred, gold)["f1"],
         }
+
+    # ----------------------------------------------------------------------- inference
+    def examples_from_inputs(self, inputs, spec):
+        """A string is split on whitespace into words; a dict gives `tokens` (a list of words)."""
+        fix = 'pass a sentence string (split on whitespace) or {"tokens": ["word", ...]}'
+        out = []
+        for n, inp in enumerate(input_list(inputs, spec)):
+            ex = {"tokens": inp.split()} if isinstance(inp, str) else input_roles(inp, n, ("tokens",), spec, fix)
+            if isinstance(ex["tokens"], str):
+                ex["tokens"] = ex["tokens"].split()
+            if not isinstance(ex["tokens"], (list, tuple)):
+                raise input_error(n, f"field 'tokens' must be a list of words, got {type(ex['tokens']).__name__}", fix)
+            ex["tokens"] = [str(w) for w in ex["tokens"]]
+            out.append(ex)
+        return out
+
+    def predict_examples(self, model, examples, spec, batch_size=32):
+        """Never `truncated`: long sentences are windowed (module doc)."""
+        spec = limited_spec(spec, model.tokenizer)
+        words_of = [[str(w) for w in e.get("tokens") or []] for e in examples]
+        feats = self._features([list(w) for w in words_of], [[0] * len(w) for w in words_of], spec, model.tokenizer)
+        tags, probs = self._stitch(model, feats, [{"tokens": w} for w in words_of], spec, batch_size)
+        return [{"tokens": w, "tags": t, "scores": p} for w, t, p in zip(words_of, tags, probs)]
 
 
 register_format(Tagging())

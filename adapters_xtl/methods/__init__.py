@@ -25,6 +25,14 @@ def get_method(name: str) -> Method:
     return _METHODS[name]
 
 
+def method_of_config(config) -> str:
+    """The registered method whose config class `config` is (xtl.LoRA(...) -> "lora")."""
+    for name, m in _METHODS.items():
+        if type(config) is m.config_cls:
+            return name
+    raise XtlError(f"no method takes a {type(config).__name__}", where="method", fix=f"methods: {', '.join(_METHODS)}")
+
+
 def method_names() -> list[str]:
     return sorted(_METHODS)
 

@@ -1,9 +1,15 @@
-"""The one protocol every task-module method implements.
+"""The one protocol every task-module method implements, compositions included.
 
 Modules live *inside* the backbone's encoder, under their own names, so several can coexist on
 one loaded backbone (the grid runner swaps them instead of reloading). Weights leave the model
 through `state_dict`, with the module's own name replaced by a placeholder, so a module saved as
 `sst2-lora` can be loaded back under any name.
+
+A method also carries out the compositions it supports (`supported_compositions`,
+`compose_<kind>`, as adapters' layers do with `compose_stack`/`compose_fuse`): a composition block
+(compose/blocks.py) only says what to combine, and nothing outside a method touches peft's or
+adapters' internals. `single`, `stack` and `continue` mean the same for every method that keeps
+several named modules in one encoder, so they live here; `fuse` and `merge` are per method.
 """
 
 from __future__ import annotations
@@ -22,11 +28,88 @@ class MethodConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Arrangement:
+    """What a composition put into the backbone around the target slot: which frozen slots take
+    part in the forward pass, any trainable fusion parameters, and the slots it created (removed
+    again on teardown). Intermediate slots loaded from the registry are not removed: a grid keeps
+    them loaded for its next cell."""
+
+    def __init__(self, method: "Method", target: str, frozen: list[str] | None = None,
+                 extra_slots: list[str] | None = None):
+        self.method = method
+        self.target = target
+        self.frozen = list(frozen or [])
+        self.extra_slots = list(extra_slots or [])
+
+    def activate(self, backbone, train: bool) -> None:
+        self.method.activate(backbone, self.frozen + [self.target], trainable=[self.target] if train else [])
+
+    def deactivate(self, backbone) -> None:
+        self.method.deactivate(backbone)
+
+    def extra_parameters(self, backbone) -> dict[str, torch.nn.Parameter]:
+        """Trainable parameters besides the target module (a fusion), keyed `fusion.*` for saving."""
+        return {}
+
+    def load_extra(self, backbone, tensors: dict[str, torch.Tensor]) -> None:
+        params = self.extra_parameters(backbone)
+        missing = sorted(set(params) - set(tensors))
+        if missing:
+            raise XtlError(f"fusion weights missing from the module ({len(missing)}, e.g. {missing[:2]})",
+                           where="composition", fix="the module was saved by another version of the composition")
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(tensors[k].to(p.device, p.dtype))
+
+    def teardown(self, backbone) -> None:
+        self.deactivate(backbone)
+        for s in self.extra_slots:
+            self.method.remove(backbone, s)
+
+
 class Method:
     """Base class; subclasses implement the hooks below."""
 
     name: str = ""
     config_cls: type[MethodConfig] = MethodConfig
+    supported_compositions: tuple[str, ...] = ("single", "stack", "continue")
+
+    # -- compositions ----------------------------------------------------------------------------
+    def check_composable(self, block, target_config: dict, intermediates: list) -> None:
+        """Refuse, before anything loads, intermediates (their manifests) that cannot be composed
+        with a target of this method and config."""
+        if block.kind not in self.supported_compositions:
+            raise XtlError(f"{self.name} modules do not support the composition {block.kind!r}",
+                           where="composition",
+                           fix=f"{self.name} supports: {', '.join(self.supported_compositions)}")
+        for man in intermediates:
+            ref = f"{man.name}@{man.version}"
+            if man.method != self.name:
+                raise XtlError(f"intermediate module {man.name!r} is {man.method}; the target module is {self.name}",
+                               where="composition", fix="compose modules of one method (train the intermediate with it)")
+            if block.kind == "continue" and man.method_config != target_config:
+                raise XtlError(f"cannot continue from {man.name!r} ({ref}): it is {man.method} {man.method_config}, "
+                               f"the target is {self.name} {target_config}", where="composition",
+                               fix="use the same method and method_config")
+
+    def compose(self, backbone, block, target: str, frozen: list[str], target_config: dict) -> Arrangement:
+        """Arrange already-loaded intermediate slots (`frozen`, in the block's order) around the
+        (already added) target slot."""
+        if block.kind not in self.supported_compositions:
+            raise XtlError(f"{self.name} modules do not support the composition {block.kind!r}", where="composition",
+                           fix=f"{self.name} supports: {', '.join(self.supported_compositions)}")
+        return getattr(self, f"compose_{block.kind}")(backbone, block, target, frozen, target_config)
+
+    def compose_single(self, backbone, block, target, frozen, target_config) -> Arrangement:
+        return Arrangement(self, target)
+
+    def compose_stack(self, backbone, block, target, frozen, target_config) -> Arrangement:
+        return Arrangement(self, target, frozen)
+
+    def compose_continue(self, backbone, block, target, frozen, target_config) -> Arrangement:
+        """STILTs: the target starts as an exact copy of the intermediate; nothing is stacked."""
+        self.load_state_dict(backbone, target, self.state_dict(backbone, frozen[0]))
+        return Arrangement(self, target)
 
     # -- configuration -------------------------------------------------------------------------
     def make_config(self, raw: dict[str, Any] | None, where: str = "method_config") -> MethodConfig:

@@ -12,7 +12,7 @@ from typing import Literal
 
 from ..errors import XtlError
 from . import register_method
-from .base import Method, MethodConfig
+from .base import Arrangement, Method, MethodConfig
 
 
 class BottleneckSettings(MethodConfig):
@@ -21,9 +21,48 @@ class BottleneckSettings(MethodConfig):
     non_linearity: str = "relu"
 
 
+class FuseArrangement(Arrangement):
+    """adapters' AdapterFusion below the target: `Stack(Fuse(I_1..I_n), T)`."""
+
+    def __init__(self, method, target: str, frozen: list[str], fusion_name: str):
+        super().__init__(method, target, frozen)
+        self.fusion_name = fusion_name
+
+    def activate(self, backbone, train: bool) -> None:
+        from adapters.composition import Fuse, Stack
+
+        backbone.model.set_active_adapters(Stack(Fuse(*self.frozen), self.target))
+        own = f"adapter_fusion_layer.{self.fusion_name}."
+        for n, p in backbone.model.named_parameters():
+            if ".adapters." in n or "adapter_fusion_layer" in n:
+                p.requires_grad_(train and (self.method.key_marker(self.target) in n or own in n))
+
+    def extra_parameters(self, backbone):
+        own = f"adapter_fusion_layer.{self.fusion_name}."
+        return {f"fusion.{n.replace(self.fusion_name, '__fusion__')}": p
+                for n, p in backbone.model.named_parameters() if own in n}
+
+    def teardown(self, backbone) -> None:
+        super().teardown(backbone)
+        backbone.model.delete_adapter_fusion(self.fusion_name)
+
+
 class BottleneckMethod(Method):
     name = "bottleneck"
     config_cls = BottleneckSettings
+    supported_compositions = ("single", "stack", "continue", "fuse")
+
+    def compose_fuse(self, backbone, block, target, frozen, target_config):
+        from adapters.composition import Fuse
+
+        name = ",".join(frozen)
+        if name not in backbone.model.adapters_config.fusions:
+            backbone.model.add_adapter_fusion(Fuse(*frozen))
+        for n, p in backbone.model.named_parameters():
+            if "adapter_fusion_layer" in n:
+                p.data = p.data.to(backbone.device)
+        backbone.model.train(backbone.model.training)
+        return FuseArrangement(self, target, frozen, name)
 
     def _prepare(self, backbone) -> None:
         if "adapters" not in backbone.methods_prepared:

@@ -24,6 +24,26 @@ class LoraSettings(MethodConfig):
 class LoraMethod(Method):
     name = "lora"
     config_cls = LoraSettings
+    supported_compositions = ("single", "stack", "continue", "fuse", "merge")
+
+    def check_composable(self, block, target_config, intermediates) -> None:
+        super().check_composable(block, target_config, intermediates)
+        if block.kind in ("fuse", "merge"):
+            for man in intermediates:
+                if man.method_config.get("target_modules") != target_config.get("target_modules"):
+                    raise XtlError(f"{block.kind} needs LoRA modules on the same layers: {man.name!r} targets "
+                                   f"{man.method_config.get('target_modules')}, the target {target_config.get('target_modules')}",
+                                   where="composition", fix="train them with the same target_modules")
+
+    def compose_fuse(self, backbone, block, target, frozen, target_config):
+        from .lora_compose import compose_fuse
+
+        return compose_fuse(self, backbone, block, target, frozen)
+
+    def compose_merge(self, backbone, block, target, frozen, target_config):
+        from .lora_compose import compose_merge
+
+        return compose_merge(self, backbone, block, target, frozen, target_config.get("target_modules"))
 
     def add(self, backbone, module: str, config: LoraSettings) -> None:
         from peft import LoraConfig, inject_adapter_in_model

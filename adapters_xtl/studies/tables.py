@@ -47,7 +47,7 @@ def main_metric_of(rows: Sequence[Mapping[str, Any]], target: str) -> str:
     have = {r["metric"] for r in rows if r.get("target", r.get("task")) == target}
     if not have:
         raise XtlError(f"no results rows for target {target!r}")
-    from adapters_xtl.report import main_metric
+    from adapters_xtl.reporting import main_metric
 
     m = main_metric(target)
     return m if m in have else sorted(have)[0]

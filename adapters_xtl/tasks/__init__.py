@@ -12,6 +12,8 @@ Path templates may use `{data_dir}` (a recipe or `--data-dir` sets it; default `
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -250,31 +252,105 @@ def _builtin_files() -> list[Path]:
 
 
 @lru_cache(maxsize=1)
-def _catalog() -> dict[str, TaskSpec]:
+def _builtin_specs() -> dict[str, TaskSpec]:
     out: dict[str, TaskSpec] = {}
     for f in _builtin_files():
         for spec in parse_task_file(f):
             if spec.name in out:
                 raise XtlError(f"task {spec.name!r} is defined twice", where=str(f))
             out[spec.name] = spec
-    extra = os.environ.get("XTL_TASKS")  # user task folders, ':'-separated
-    if extra:
-        for d in extra.split(os.pathsep):
-            for f in sorted(Path(d).glob("*.yaml")):
-                for spec in parse_task_file(f):
-                    out[spec.name] = spec
     return out
 
 
+class TaskCatalog:
+    """The built-in tasks plus the YAML files of user folders (as lm-eval-harness's
+    `TaskManager(include_path=...)`): a new task is one YAML file in a folder you name, not a
+    change to the package. A user task may shadow a built-in one of the same name.
+
+    `get_task` everywhere in the library reads the *active* catalog: the default one (built-in
+    plus folders given to `set_default_task_folders`, i.e. `xtl --tasks-dir`), or, inside
+    `with catalog.active():`, that catalog (how a recipe's `tasks_dir:` and the studies add
+    theirs without touching the environment)."""
+
+    def __init__(self, include: "list[str | Path] | str | Path | None" = None, *, builtin: bool = True):
+        if isinstance(include, (str, Path)):
+            include = [include]
+        self.folders = [Path(d) for d in (include or [])]
+        self._specs: dict[str, TaskSpec] = dict(_builtin_specs()) if builtin else {}
+        for d in self.folders:
+            if not d.is_dir():
+                raise XtlError(f"task folder {str(d)!r} does not exist", where="tasks_dir",
+                               fix="name a folder that holds task YAML files")
+            files = sorted(list(d.glob("*.yaml")) + list(d.glob("*.yml")))
+            seen: dict[str, Path] = {}
+            for f in files:
+                for spec in parse_task_file(f):
+                    if spec.name in seen:
+                        raise XtlError(f"task {spec.name!r} is defined twice: {seen[spec.name]} and {f}", where=str(f),
+                                       fix="rename one of them")
+                    seen[spec.name] = f
+                    self._specs[spec.name] = spec
+
+    def names(self) -> list[str]:
+        return sorted(self._specs)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._specs
+
+    def __iter__(self):
+        return iter(self._specs[n] for n in self.names())
+
+    def get(self, name: "str | TaskSpec") -> TaskSpec:
+        """A task by name, or from a YAML file path (`my_task.yaml` or `my_tasks.yaml:name`)."""
+        if isinstance(name, TaskSpec):
+            return name
+        if name in self._specs:
+            return self._specs[name]
+        return _task_from_file(name, self._specs)
+
+    @contextmanager
+    def active(self):
+        token = _ACTIVE.set(self)
+        try:
+            yield self
+        finally:
+            _ACTIVE.reset(token)
+
+    def __repr__(self) -> str:
+        return f"TaskCatalog({len(self._specs)} tasks, include={[str(f) for f in self.folders]})"
+
+
+_ACTIVE: ContextVar["TaskCatalog | None"] = ContextVar("xtl_task_catalog", default=None)
+_DEFAULT: "TaskCatalog | None" = None
+
+
+def set_default_task_folders(folders: "list[str | Path] | None") -> TaskCatalog:
+    """Make `folders` part of the process-wide catalog (the CLI's `--tasks-dir`)."""
+    global _DEFAULT
+    _DEFAULT = TaskCatalog(include=folders)
+    return _DEFAULT
+
+
+def active_catalog() -> TaskCatalog:
+    global _DEFAULT
+    cat = _ACTIVE.get()
+    if cat is not None:
+        return cat
+    if _DEFAULT is None:
+        _DEFAULT = TaskCatalog()
+    return _DEFAULT
+
+
 def task_names() -> list[str]:
-    return sorted(_catalog())
+    return active_catalog().names()
 
 
-def get_task(name: str) -> TaskSpec:
-    """A task by catalog name, or from a YAML file path (`my_task.yaml` or `my_tasks.yaml:name`)."""
-    cat = _catalog()
-    if name in cat:
-        return cat[name]
+def get_task(name: "str | TaskSpec") -> TaskSpec:
+    """A task by catalog name (of the active catalog), or from a YAML file path."""
+    return active_catalog().get(name)
+
+
+def _task_from_file(name: str, known) -> TaskSpec:
     file, _, sub = name.partition(":") if ":" in name and not Path(name).exists() else (name, "", "")
     p = Path(file)
     if p.suffix in (".yaml", ".yml"):
@@ -289,7 +365,8 @@ def get_task(name: str) -> TaskSpec:
         if len(specs) != 1:
             raise XtlError(f"{file} defines {len(specs)} tasks", where="task", fix=f"name one as {file}:NAME")
         return specs[0]
-    raise XtlError(f"unknown task {name!r}", where="task", fix=did_you_mean(name, cat) + " (or a path to a task YAML)")
+    raise XtlError(f"unknown task {name!r}", where="task",
+                   fix=did_you_mean(name, known) + " (or a path to a task YAML, or a folder via --tasks-dir)")
 
 
 def default_data_dir() -> Path:

@@ -1,9 +1,7 @@
-"""`xtl study NAME`: run one research question's grid and analysis (see adapters_xtl/studies/runners.py).
+"""`xtl study NAME`: run one research question's grid and analysis (the studies registered in
+adapters_xtl/studies/, one `*_study.py` file each; the shared driver is studies/context.py).
 
-Registered in cli.py with::
-
-    from .cli_study import study  # noqa: E402
-    app.command()(study)
+Registered in cli/__init__.py.
 """
 
 from __future__ import annotations
@@ -14,9 +12,11 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from ..studies import study_names
+
 console = Console()
 
-_HELP = ", ".join(("steps", "typology", "morphology", "similarity", "intermediate-language"))
+_HELP = ", ".join(study_names())  # the registry's names: a new study file shows up here by itself
 
 
 def study(
@@ -30,7 +30,7 @@ def study(
 ):
     """Run a study: its grid (cached cells and registry modules reused), the statistics, and a
     report: OUT/study.md (with figures) and OUT/study.json."""
-    from .studies.runners import run_study
+    from ..studies.context import run_study
 
     res = run_study(name, recipe=recipe, out=out, data_dir=data_dir, registry=registry, console=console,
                     device=device, dry_run=dry_run)
@@ -42,10 +42,10 @@ def study(
     console.print(f"wrote {res.md_path}, {res.json_path} and {len(res.result.get('figures', []))} figures")
 
 
-if __name__ == "__main__":  # `python -m adapters_xtl.cli_study NAME ...`, the same as `xtl study NAME ...`
+if __name__ == "__main__":  # `python -m adapters_xtl.cli.study NAME ...`, the same as `xtl study NAME ...`
     import sys
 
-    from .errors import XtlError
+    from ..errors import XtlError
 
     try:
         app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)

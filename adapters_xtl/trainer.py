@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from .formats.base import length_bucketed_batches, padding_waste, to_device
 from .manifest import config_hash
+from .progress import emit
 
 
 class TrainConfig(BaseModel):
@@ -45,6 +46,28 @@ class TrainConfig(BaseModel):
     checkpoint_every: int | None = None  # default: every eval
     gradient_checkpointing: bool = False  # recompute activations: less memory, ~30% more time
     optimizer: Literal["adamw", "adamw8bit", "paged_adamw8bit"] = "adamw"  # 8-bit/paged: bitsandbytes
+
+    @classmethod
+    def resolve(cls, task=None, *layers: "dict | None", where: str = "train") -> "TrainConfig":
+        """The one place training settings are layered: the task's YAML `defaults.train` <
+        each later layer (a recipe's `train:`, an entry's, command-line flags). `None` values in a
+        layer mean "not given" and leave the layer below in force."""
+        from pydantic import ValidationError
+
+        from .errors import XtlError
+
+        raw: dict = {}
+        if task is not None:
+            raw.update(task.defaults.get("train", {}))
+        for layer in layers:
+            raw.update({k: v for k, v in (layer or {}).items() if v is not None})
+        try:
+            return cls(**raw)
+        except ValidationError as e:
+            first = e.errors()[0]
+            name = ".".join(str(x) for x in first["loc"])
+            raise XtlError(f"invalid training setting {name}={first.get('input')!r}: {first['msg']}", where=where,
+                           fix=f"training fields: {', '.join(cls.model_fields)}") from None
 
 
 @dataclass
@@ -204,7 +227,7 @@ def train(
     params = list(trainable.values())
     model.train()
     t0 = time.perf_counter()
-    task_id = progress.add_task(description, total=cfg.steps, completed=start, loss=float("nan")) if progress else None
+    emit(progress, "start", description, start, cfg.steps)
     running = torch.zeros((), device=device)
     since_log = 0
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -237,8 +260,7 @@ def train(
 
                     raise XtlError(f"loss became {avg} at step {done}", where=description, fix="lower the learning rate")
                 history.append({"step": done, "loss": avg, "lr": scheduler.get_last_lr()[0]})
-                if progress:
-                    progress.update(task_id, completed=done, loss=avg)
+                emit(progress, "advance", description, done, cfg.steps, loss=avg)
             t_aside = time.perf_counter()
             if done % cfg.eval_every == 0 or done == cfg.steps:
                 evaluate_dev(done)
@@ -255,8 +277,7 @@ def train(
     finally:
         checkpointing.__exit__(None, None, None)
 
-    if progress:
-        progress.update(task_id, completed=cfg.steps)
+    emit(progress, "end", description, cfg.steps, cfg.steps)
     if best_state is not None:
         with torch.no_grad():
             for n, p in trainable.items():

@@ -47,8 +47,11 @@ def evaluate(
     data_dir: Path | None = None,
     limit: int | None = None,
     batch_size: int = 32,
+    predictions: dict[str, list] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Scores per language (metric -> percent). Languages default to all of the task's."""
+    """Scores per language (metric -> percent). Languages default to all of the task's. With a
+    dict `predictions`, each language's per-example rows (id, gold, prediction, score) land in
+    it too: later statistics (bootstrap CIs, paired tests) need them."""
     langs = languages or list(spec.languages)
     for lang in langs:
         spec.language_code(lang)  # unknown language: clear error before any work
@@ -58,13 +61,30 @@ def evaluate(
     for lang in langs:
         if spec.format == "retrieval":
             src, tgt = retrieval_pairs(spec, lang, data_dir, limit)
-            out[lang] = fmt.score_pairs(model, src, tgt, spec, batch_size=batch_size)
-            continue
-        sp = split or spec.eval_split
-        examples = load_examples(spec, sp, lang, data_dir, limit=limit)
-        features = fmt.encode(examples, spec, model.tokenizer, train=False)
-        out[lang] = fmt.score(model, features, examples, spec, batch_size, lang=lang)
+            keep = [] if predictions is not None else None
+            out[lang] = fmt.score_pairs(model, src, tgt, spec, batch_size=batch_size, keep=keep)
+        else:
+            sp = split or spec.eval_split
+            examples = load_examples(spec, sp, lang, data_dir, limit=limit)
+            features = fmt.encode(examples, spec, model.tokenizer, train=False)
+            keep = [] if predictions is not None else None
+            out[lang] = fmt.score(model, features, examples, spec, batch_size, lang=lang, keep=keep)
+        if predictions is not None:
+            predictions[lang] = keep
     return out
+
+
+def write_predictions(path: Path, module: str, task: str, predictions: dict[str, list]) -> Path:
+    """One JSON line per test example (module, task, language, id, gold, prediction, score),
+    written whole and atomically."""
+    from .io import atomic_write_text
+
+    lines = []
+    for lang, rows in predictions.items():
+        for r in rows:
+            lines.append(json.dumps({"module": module, "task": task, "language": lang, **r}, ensure_ascii=False))
+    atomic_write_text(Path(path), "".join(l + "\n" for l in lines))
+    return Path(path)
 
 
 def result_rows(module: str, task: str, scores: dict[str, dict[str, float]], **extra) -> list[dict]:

@@ -15,7 +15,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from .evaluate import read_results
+from .evaluation import read_results
 from .tasks import get_task
 
 XTL_NOTE_E5 = ("Backbone xlmr-e5-small: multilingual-e5-small rebuilt from a 4-bit (Q4_0) copy; "

@@ -1,4 +1,5 @@
-"""`xtl bench`: flags in, rich tables and a JSON file out. The measuring lives in bench.py.
+"""`xtl bench`: flags in, rich tables and a JSON file out. The measuring lives in the `bench`
+package, the FLOP count and the matmul peak in cost.py.
 
 Registered in cli.py with `app.command()(bench)`.
 """
@@ -13,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import XtlError
+from ..errors import XtlError
 
 # piped into a log, rich would wrap the wide tables at 80 columns
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -111,7 +112,7 @@ def peer_table(p: dict) -> Table:
     t = Table(title=f"LoRA on {p['backbone']}, {p.get('task', 'demo-topic')}, {p['steps']} steps x batch {p['batch']} ({p['device']})")
     for c in ("", "samples/s", "peak mem", "mem increase", "dev accuracy", "padding waste", "trainable"):
         t.add_column(c, justify="left" if not c else "right")
-    for side, name in (("ours", "adapters_xtl.train"), ("peer", "peft + Trainer")):
+    for side, name in (("ours", "adapters_xtl.trainer"), ("peer", "peft + Trainer")):
         s = p[side]
         t.add_row(name, f"{s['samples_per_s']:.2f}", _gib(s["peak_mem_bytes"]), _gib(s["mem_increase_bytes"]),
                   f"{s['dev_accuracy']:.1f}", f"{100 * s['padding_waste']:.1f}%", f"{s['trainable_params']:,}")
@@ -158,20 +159,21 @@ def bench(
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda if available)"),
 ):
     """Measure training speed and memory of task modules on this machine; print tables, write JSON."""
-    from . import bench as B
-    from .backbone import pick_device
+    from .. import bench as B
+    from ..backbone import pick_device
+    from ..cost import device_name, measure_peak_flops
 
     dev = pick_device(device)
     run_grid = grid or all_sections or not (memory or speed or padding or peer or emb)
     out: dict = {}
-    console.print(f"[bold]xtl bench[/] on {B.device_name(dev)}")
+    console.print(f"[bold]xtl bench[/] on {device_name(dev)}")
     need_peak = run_grid or memory or speed or all_sections
     peak = None
     if need_peak:
         if peak_flops:
-            peak = {"flops": peak_flops, "dtype": "given", "size": None, "device": B.device_name(dev)}
+            peak = {"flops": peak_flops, "dtype": "given", "size": None, "device": device_name(dev)}
         else:
-            peak = B.measure_peak_flops(dev, size=peak_size)
+            peak = measure_peak_flops(dev, size=peak_size)
         console.print(f"measured matmul peak: {peak['flops'] / 1e12:.3f} TFLOP/s ({peak['dtype']}, n={peak['size']})")
     out["meta"] = B.bench_meta(dev, peak)
     pf = peak["flops"] if peak else None
@@ -219,7 +221,7 @@ def bench(
                       on_result=lambda r: (out["speed"].append(r), progress(r)))
         console.print(results_table("attention implementation and torch.compile", out["speed"], label=True))
     if padding or all_sections:
-        from .backbone import resolve_backbone
+        from ..backbone import resolve_backbone
         from transformers import AutoTokenizer
 
         from transformers.utils import logging as hf_logging

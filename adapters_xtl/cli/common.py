@@ -1,0 +1,47 @@
+"""What every command shares: the console, list parsing, the registry, score tables, --json."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def langs(s: Optional[str]) -> Optional[list[str]]:
+    return [x.strip() for x in s.split(",") if x.strip()] if s else None
+
+
+def registry(path: Optional[Path]):
+    from ..api import Registry
+
+    return Registry(path)
+
+
+def progress():
+    """Bars on a terminal, timestamped lines in a log."""
+    from ..progress import reporter_for
+
+    return reporter_for(console)
+
+
+def scores_table(title: str, scores: dict[str, dict[str, float]]) -> Table:
+    metrics = sorted({m for ms in scores.values() for m in ms})
+    t = Table(title=title)
+    t.add_column("language")
+    for m in metrics:
+        t.add_column(m, justify="right")
+    for lang, ms in scores.items():
+        t.add_row(lang, *(f"{ms[m]:.2f}" if m in ms else "" for m in metrics))
+    if len(scores) > 1:
+        t.add_row("[bold]mean", *(f"{sum(ms.get(m, 0) for ms in scores.values()) / len(scores):.2f}" for m in metrics))
+    return t
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")

@@ -1,0 +1,120 @@
+"""Writes that a crash, a kill or a full disk can interrupt without leaving half a file behind.
+
+Results, checkpoints, registry manifests and caches are all read back by later runs, so a reader
+must see either the old content or the new one. Every such write goes through here:
+
+- `atomic_write_bytes` / `_text` / `_json` write a temp file in the same folder (same file system,
+  so the rename is atomic), fsync it, `os.replace` it over the target and fsync the folder where
+  the OS supports it; on any failure the temp file is removed and the old file is untouched.
+- `append_jsonl` appends whole lines and fsyncs them. A crash can still cut the *last* line short,
+  so before appending it makes sure the file ends with a newline: a truncated row stays one bad
+  line instead of swallowing the next good one.
+
+Files get normal permissions: a new file is created with mode 0o666 filtered by the user's umask
+(as `open(path, "w")` would; not `mkstemp`'s private 0o600), and a replaced file keeps its mode.
+Temp files are named `.tmp-<random>-<name>`, which `xtl registry verify` recognises as leftovers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import stat
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+TMP_PREFIX = ".tmp-"
+
+__all__ = ["TMP_PREFIX", "append_jsonl", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
+           "fsync_dir", "fsync_file"]
+
+
+def fsync_file(path: str | Path) -> None:
+    """Flush a file already written (e.g. by a library) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Make a rename inside `path` durable; a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a folder; the rename itself already happened
+    finally:
+        os.close(fd)
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f"{TMP_PREFIX}{secrets.token_hex(8)}-{path.name[:200]}")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Replace `path` with `data`: a reader sees the old content or the new one, never half."""
+    path = Path(path)
+    data = bytes(data)
+    try:
+        keep_mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        keep_mode = None
+    tmp = _temp_path(path)
+    # 0o666 & ~umask, applied by the kernel: the permissions a plain open(path, "w") gives
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        try:
+            if keep_mode is not None and hasattr(os, "fchmod"):
+                os.fchmod(fd, keep_mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> None:
+    """`atomic_write_bytes` for text (written as is: no newline translation)."""
+    atomic_write_bytes(path, text.encode(encoding))
+
+
+def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2, **dumps_kwargs: Any) -> None:
+    """`obj` as JSON plus a final newline; `dumps_kwargs` go to `json.dumps` (e.g. `default=str`).
+
+    The object is serialised before the file is touched, so an unserialisable value changes nothing.
+    """
+    atomic_write_text(path, json.dumps(obj, indent=indent, **dumps_kwargs) + "\n")
+
+
+def append_jsonl(path: str | Path, rows: Iterable[Any], **dumps_kwargs: Any) -> None:
+    """Append one JSON line per row, flushed and fsynced; `dumps_kwargs` go to `json.dumps`.
+
+    If the file does not end with a newline (a writer died mid-line), one is written first so the
+    new rows start on a line of their own. Non-ASCII text is kept as is unless `ensure_ascii=True`.
+    """
+    dumps_kwargs.setdefault("ensure_ascii", False)
+    blob = "".join(json.dumps(r, **dumps_kwargs) + "\n" for r in rows).encode("utf-8")
+    if not blob:
+        return
+    with open(path, "a+b") as f:  # created with the umask's permissions; writes always go to the end
+        end = f.seek(0, os.SEEK_END)
+        if end > 0:
+            f.seek(end - 1)
+            if f.read(1) != b"\n":
+                blob = b"\n" + blob
+        f.write(blob)
+        f.flush()
+        os.fsync(f.fileno())

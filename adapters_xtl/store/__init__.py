@@ -1,0 +1,26 @@
+"""Where task modules live: the local registry, its cache and checks, and their way to the Hub.
+
+Imports point one way (each module imports only those below it)::
+
+    sharing                      push / pull / import from the Hub: composes everything below
+    verify                       `xtl registry verify [--fix]`
+    convert                      registry module <-> peft / adapters folder
+    registry                     read / write / lock; stubs completed through a `remote.Remote`
+    index, weights, interop      index.json cache; safetensors; the peft / adapters formats
+    card                         model cards
+    layout                       file names, safe names, version order
+    manifest                     what a module is
+    hub, remote                  Hub transport (huggingface_hub only); the seam the registry uses
+    adapters_xtl.io, .errors
+
+The registry never imports the Hub: this package installs the Hub transport as the default
+`Remote` that completes lazily pulled modules, so `Registry(...)` works wherever it is imported
+from, and `Registry(remote=...)` can replace it.
+"""
+
+from __future__ import annotations
+
+from . import hub as _hub
+from . import remote as _remote
+
+_remote.set_default_remote(_remote.Remote(check_pin=_hub.check_pin, download=_hub.download_files))

@@ -1,0 +1,503 @@
+"""The formats of peft and adapters: their file names, configs and tensor names, read and mapped.
+
+A module moves between adapters_xtl and those libraries only if it computes exactly the same
+thing on both sides, so this module knows each library's saved layout and refuses, with a clear
+`XtlError`, everything our methods cannot reproduce (DoRA, rsLoRA, LoRA biases, per-layer ranks,
+parallel or prefix adapters, ...) instead of loading it approximately:
+
+- peft (LoRA): `adapter_config.json` (peft's `LoraConfig`) + `adapter_model.safetensors`, keys
+  `base_model.model.<path>.lora_A.weight`.
+- adapters (bottleneck): `adapter_config.json` as `model.save_adapter` writes it +
+  `adapter.safetensors` (or `pytorch_adapter.bin`), keys `...adapters.<name>.adapter_down.0.weight`,
+  and optionally adapters' classification head (`head_config.json` + `model_head.safetensors`),
+  which maps exactly onto ours.
+- our own task head, which neither library knows, rides along as `xtl_head.safetensors` +
+  `xtl_head.json`.
+
+Weights are read from safetensors; a `.bin` is converted with `torch.load(weights_only=True)`
+(plain tensors only, no code runs) or refused. Moving whole modules in and out of the registry
+is `store.convert`; fetching them from the Hub is `store.sharing`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import XtlError
+from ..methods.base import PLACEHOLDER
+
+log = logging.getLogger(__name__)
+
+HEAD_WEIGHTS = "xtl_head.safetensors"
+HEAD_CONFIG = "xtl_head.json"
+CONFIG = "adapter_config.json"
+PEFT_WEIGHTS = "adapter_model.safetensors"
+PEFT_WEIGHTS_BIN = "adapter_model.bin"
+ADAPTERS_WEIGHTS = "adapter.safetensors"  # adapters' SAFE_WEIGHTS_NAME
+ADAPTERS_WEIGHTS_BIN = "pytorch_adapter.bin"  # adapters' WEIGHTS_NAME
+ADAPTERS_HEAD_CONFIG = "head_config.json"
+ADAPTERS_HEAD_WEIGHTS = "model_head.safetensors"
+ADAPTERS_HEAD_WEIGHTS_BIN = "pytorch_model_head.bin"
+FORMATS = ("peft", "adapters")
+FORMAT_OF_METHOD = {"lora": "peft", "bottleneck": "adapters"}
+
+__all__ = ["ADAPTERS_HEAD_CONFIG", "ADAPTERS_HEAD_WEIGHTS", "ADAPTERS_HEAD_WEIGHTS_BIN", "ADAPTERS_WEIGHTS",
+           "ADAPTERS_WEIGHTS_BIN", "CONFIG", "FORMATS", "FORMAT_OF_METHOD", "HEAD_CONFIG", "HEAD_WEIGHTS",
+           "PEFT_WEIGHTS", "PEFT_WEIGHTS_BIN", "ForeignModule", "adapters_config", "adapters_tensors",
+           "bottleneck_settings_from_adapters", "lora_settings_from_peft", "peft_config", "peft_tensors",
+           "read_folder", "read_tensors", "require_head"]
+
+# Keys that a model class may put in front of the encoder (task models, adapters' flex-head models).
+_MODEL_PREFIXES = ("roberta.", "xlm_roberta.", "model.", "encoder_model.")
+_LORA_KEY = re.compile(r"^(?P<path>.+)\.(?P<ab>lora_A|lora_B)\.weight$")
+_OUR_LORA_KEY = re.compile(r"^(?P<path>.+)\.(?P<ab>lora_A|lora_B)\." + re.escape(PLACEHOLDER) + r"\.weight$")
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise XtlError(f"{path.name} is missing", where=str(path)) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise XtlError(f"{path.name} is not readable JSON ({e})", where=str(path),
+                       fix="re-save the adapter with its library") from None
+    if not isinstance(data, dict):
+        raise XtlError(f"{path.name} is not a JSON object", where=str(path), fix="re-save the adapter with its library")
+    return data
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors from a safetensors file, or from a `.bin` loaded with `weights_only=True`.
+
+    A `.bin` that holds anything but a flat dict of tensors (or that needs code to unpickle)
+    is refused; nothing from it is executed.
+    """
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as e:  # safetensors raises its own error types
+            raise XtlError(f"{path.name} is not a valid safetensors file ({e})", where=str(path),
+                           fix="re-save the adapter with its library") from None
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError and friends: refuse, never fall back to full unpickling
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise XtlError(
+            f"refusing {path.name}: it cannot be loaded as plain tensors with torch.load(weights_only=True) "
+            f"({first})",
+            where=str(path),
+            fix="a pickle that needs code to load is not accepted; re-save the adapter with safetensors "
+            "(peft: save_pretrained(..., safe_serialization=True); adapters: save_adapter(..., use_safetensors=True))",
+        ) from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()):
+        raise XtlError(f"refusing {path.name}: it is not a flat dict of name -> tensor", where=str(path),
+                       fix="re-save the adapter with safetensors")
+    return {k: v.contiguous() for k, v in data.items()}
+
+
+def _strip_model_prefix(key: str) -> str:
+    for p in _MODEL_PREFIXES:
+        if key.startswith(p) and key[len(p):].startswith(("encoder.", "embeddings.")):
+            return key[len(p):]
+    return key
+
+
+# ---------------------------------------------------------------------------------------------
+# configs: ours <-> theirs
+
+
+# peft LoraConfig fields that change what a LoRA computes and that our LoRA method does not
+# reproduce: field -> value our method uses (anything else is refused)
+_PEFT_MUST_BE = {
+    "bias": "none",
+    "use_dora": False,
+    "use_rslora": False,
+    "fan_in_fan_out": False,
+    "lora_bias": False,
+    "rank_pattern": {},
+    "alpha_pattern": {},
+    "layers_to_transform": None,
+    "layers_pattern": None,
+    "modules_to_save": None,
+    "layer_replication": None,
+    "trainable_token_indices": None,
+    "target_parameters": None,
+    "megatron_config": None,
+    "use_qalora": False,
+    "use_bdlora": None,
+    "exclude_modules": None,
+}
+# fields that only describe training, initialisation or bookkeeping
+_PEFT_NEUTRAL = {
+    "peft_type", "task_type", "r", "lora_alpha", "lora_dropout", "target_modules", "base_model_name_or_path",
+    "revision", "inference_mode", "init_lora_weights", "auto_mapping", "peft_version", "megatron_core",
+    "loftq_config", "eva_config", "corda_config", "lora_ga_config", "kasa_config", "monteclora_config",
+    "velora_config", "runtime_config", "qalora_group_size", "ensure_weight_tying", "arrow_config",
+    "alora_invocation_tokens",
+}
+
+
+def _empty(v: Any) -> bool:
+    return v in (None, False, {}, [], "", "none")
+
+
+def lora_settings_from_peft(cfg: dict[str, Any], where: str) -> dict[str, Any]:
+    """Our `LoraSettings` (as a dict) from a peft `adapter_config.json`, or a clear XtlError."""
+    from ..methods import get_method
+
+    if cfg.get("peft_type") != "LORA":
+        raise XtlError(f"peft_type is {cfg.get('peft_type')!r}; only LORA adapters can be imported", where=where,
+                       fix="train the module as LoRA, or use adapters_xtl's bottleneck method via the adapters library")
+    problems = []
+    for key, ours in _PEFT_MUST_BE.items():
+        if key in cfg and cfg[key] != ours and not (_empty(cfg[key]) and _empty(ours)):
+            problems.append(f"{key}={cfg[key]!r} (adapters_xtl's LoRA uses {ours!r})")
+    for key, value in cfg.items():
+        if key not in _PEFT_MUST_BE and key not in _PEFT_NEUTRAL and not _empty(value):
+            problems.append(f"{key}={value!r} (unknown to adapters_xtl)")
+    tm = cfg.get("target_modules")
+    if isinstance(tm, str):
+        problems.append(f"target_modules is the regular expression {tm!r} (adapters_xtl needs a list of module names)")
+    elif not isinstance(tm, (list, tuple)) or not tm or not all(isinstance(t, str) and t for t in tm):
+        problems.append(f"target_modules={tm!r} (a non-empty list of module names is needed)")
+    if problems:
+        raise XtlError(
+            "unsupported LoRA configuration: " + "; ".join(problems),
+            where=where,
+            fix="adapters_xtl imports plain LoRA (any target modules, bias='none', no DoRA/rsLoRA, one rank and "
+            "alpha for every layer); retrain or re-save the adapter with those settings",
+        )
+    # peft saves target_modules as a set: order them as our default list does, then by name, so
+    # equal configs hash equally (reuse lookups, --init-from)
+    default = list(get_method("lora").config_cls.model_fields["target_modules"].default)
+    order = sorted(set(tm), key=lambda t: (default.index(t) if t in default else len(default), t))
+    raw = {"r": cfg.get("r"), "alpha": cfg.get("lora_alpha"), "dropout": cfg.get("lora_dropout", 0.0),
+           "target_modules": order}
+    if isinstance(raw["alpha"], float) and raw["alpha"].is_integer():
+        raw["alpha"] = int(raw["alpha"])
+    return get_method("lora").make_config(raw, where=where).model_dump()
+
+
+def peft_config(method_config: dict[str, Any], base_model: str | None):
+    """peft's `LoraConfig` for one of our LoRA method configs (what `LoraMethod.add` injects)."""
+    from peft import LoraConfig
+
+    from ..methods import get_method
+
+    s = get_method("lora").make_config(method_config)
+    return LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=list(s.target_modules),
+                      bias="none", base_model_name_or_path=base_model, inference_mode=True)
+
+
+def adapters_config(method_config: dict[str, Any]):
+    """adapters' config object (SeqBnConfig / DoubleSeqBnConfig) for one of our bottleneck configs."""
+    from adapters import DoubleSeqBnConfig, SeqBnConfig
+
+    from ..methods import get_method
+
+    s = get_method("bottleneck").make_config(method_config)
+    cls = SeqBnConfig if s.variant == "seq_bn" else DoubleSeqBnConfig
+    return cls(reduction_factor=s.reduction_factor, non_linearity=s.non_linearity)
+
+
+# fields that only matter for initialisation (the weights are loaded anyway)
+_ADAPTERS_NEUTRAL = {"init_weights", "init_weights_seed"}
+
+
+def bottleneck_settings_from_adapters(cfg: Any, where: str) -> dict[str, Any]:
+    """Our `BottleneckSettings` (as a dict) from adapters' saved `config`, or a clear XtlError.
+
+    Only configs equal to `SeqBnConfig` / `DoubleSeqBnConfig` with some reduction factor and
+    non-linearity are accepted: those are exactly what our bottleneck method builds.
+    """
+    from ..methods import get_method
+
+    fix = ("adapters_xtl imports sequential bottleneck adapters (adapters' seq_bn / double_seq_bn, i.e. "
+           "SeqBnConfig / DoubleSeqBnConfig with any reduction_factor and non_linearity); other adapter "
+           "types (LoRA, prefix tuning, parallel, compacter, ...) are not supported")
+    if isinstance(cfg, str):
+        if cfg in ("seq_bn", "double_seq_bn"):
+            cfg = adapters_config({"variant": cfg}).to_dict()
+        else:
+            raise XtlError(f"adapter config {cfg!r} is not a sequential bottleneck", where=where, fix=fix)
+    if not isinstance(cfg, dict):
+        raise XtlError(f"adapter config is a {type(cfg).__name__}, not an object", where=where, fix=fix)
+    arch = cfg.get("architecture")
+    if arch not in (None, "bottleneck"):
+        raise XtlError(f"adapter architecture {arch!r} is not supported", where=where, fix=fix)
+    rf, nl = cfg.get("reduction_factor"), cfg.get("non_linearity")
+    if isinstance(rf, float) and rf.is_integer():
+        rf = int(rf)
+    if not isinstance(rf, int) or isinstance(rf, bool) or rf < 1:
+        raise XtlError(f"reduction_factor={rf!r}: only one integer factor for every layer is supported",
+                       where=where, fix=fix)
+    if not isinstance(nl, str):
+        raise XtlError(f"non_linearity={nl!r} is not a name", where=where, fix=fix)
+    best: tuple[str, list[str]] | None = None
+    for variant in ("seq_bn", "double_seq_bn"):
+        ref = adapters_config({"variant": variant, "reduction_factor": rf, "non_linearity": nl}).to_dict()
+        diffs = []
+        for key in sorted(set(ref) | set(cfg)):
+            if key in _ADAPTERS_NEUTRAL or key == "architecture":
+                continue
+            a, b = cfg.get(key), ref.get(key)
+            if a != b and not (_empty(a) and _empty(b)):
+                diffs.append(f"{key}={a!r} ({variant} has {b!r})")
+        if not diffs:
+            return get_method("bottleneck").make_config(
+                {"variant": variant, "reduction_factor": rf, "non_linearity": nl}, where=where).model_dump()
+        if best is None or len(diffs) < len(best[1]):
+            best = (variant, diffs)
+    assert best is not None
+    raise XtlError(f"unsupported adapter configuration: closest is {best[0]}, but " + "; ".join(best[1]),
+                   where=where, fix=fix)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading a peft / adapters folder
+
+
+@dataclass
+class ForeignModule:
+    """A module read from another library's folder, converted to our naming."""
+
+    library: str  # "peft" | "adapters"
+    method: str  # "lora" | "bottleneck"
+    method_config: dict[str, Any]
+    module: dict[str, torch.Tensor]  # our `split_weights` naming (placeholder for the module name)
+    head: dict[str, torch.Tensor] = field(default_factory=dict)
+    head_config: dict[str, Any] = field(default_factory=dict)  # our manifest `head` ({} = none)
+    head_source: str | None = None  # "adapters_xtl" | "adapters" | None
+    base_model: str | None = None
+    library_version: str | None = None
+    original_config: dict[str, Any] = field(default_factory=dict)
+    xtl: dict[str, Any] = field(default_factory=dict)  # our xtl_head.json, when present
+
+
+def _pick(folder: Path, names: list[str]) -> Path | None:
+    for n in names:
+        if (folder / n).is_file():
+            return folder / n
+    return None
+
+
+def read_folder(folder: str | Path) -> ForeignModule:
+    """Read a folder written by peft's `save_pretrained` or adapters' `save_adapter`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise XtlError(f"{folder} is not a folder", where="import source",
+                       fix="pass a folder saved by peft (save_pretrained) or adapters (save_adapter), or a Hub repo id")
+    cfg_path = folder / CONFIG
+    if not cfg_path.is_file():
+        raise XtlError(f"no {CONFIG} in {folder}", where=str(folder),
+                       fix="pass the folder that peft's save_pretrained or adapters' save_adapter wrote "
+                       "(for a peft adapter with a custom name, its sub-folder <name>/)")
+    cfg = _read_json(cfg_path)
+    if "peft_type" in cfg:
+        fm = _read_peft(folder, cfg)
+    elif "config" in cfg and ("model_class" in cfg or "name" in cfg):
+        fm = _read_adapters(folder, cfg)
+    else:
+        raise XtlError(f"{CONFIG} is neither peft's (no peft_type) nor adapters' (no config/name)", where=str(cfg_path),
+                       fix="pass a folder saved by peft (save_pretrained) or adapters (save_adapter)")
+    _read_xtl_head(folder, fm)
+    return fm
+
+
+def _read_peft(folder: Path, cfg: dict[str, Any]) -> ForeignModule:
+    where = str(folder / CONFIG)
+    settings = lora_settings_from_peft(cfg, where)
+    wpath = _pick(folder, [PEFT_WEIGHTS, PEFT_WEIGHTS_BIN])
+    if wpath is None:
+        raise XtlError(f"no {PEFT_WEIGHTS} (or {PEFT_WEIGHTS_BIN}) in {folder}", where=str(folder),
+                       fix="save the adapter with peft's save_pretrained")
+    raw = read_tensors(wpath)
+    module: dict[str, torch.Tensor] = {}
+    bad = []
+    for key, value in raw.items():
+        k = key[len("base_model.model."):] if key.startswith("base_model.model.") else key
+        k = _strip_model_prefix(k)
+        m = _LORA_KEY.match(k)
+        if not m:
+            bad.append(key)
+            continue
+        module[f"{m['path']}.{m['ab']}.{PLACEHOLDER}.weight"] = value
+    if bad:
+        kinds = ("lora_embedding" if any("lora_embedding" in b for b in bad) else
+                 "lora_magnitude_vector (DoRA)" if any("magnitude" in b for b in bad) else "other")
+        raise XtlError(
+            f"{wpath.name} holds {len(bad)} tensor(s) that are not plain LoRA A/B matrices of Linear layers "
+            f"({kinds}; e.g. {bad[:2]})",
+            where=str(wpath),
+            fix="adapters_xtl imports LoRA on Linear layers only (no embedding LoRA, DoRA, biases or "
+            "modules_to_save)",
+        )
+    if not module:
+        raise XtlError(f"{wpath.name} holds no LoRA weights", where=str(wpath), fix="save the trained adapter")
+    return ForeignModule(library="peft", method="lora", method_config=settings, module=module,
+                         base_model=cfg.get("base_model_name_or_path") or None,
+                         library_version=cfg.get("peft_version"), original_config=cfg)
+
+
+def _read_adapters(folder: Path, cfg: dict[str, Any]) -> ForeignModule:
+    where = str(folder / CONFIG)
+    name = cfg.get("name")
+    if not isinstance(name, str) or not name or "." in name:
+        raise XtlError(f"adapter name {name!r} is not usable", where=where, fix="re-save the adapter with adapters")
+    if cfg.get("type") not in (None, "text_task", "text_lang"):
+        raise XtlError(f"adapter type {cfg.get('type')!r} is not supported", where=where,
+                       fix="import a task or language bottleneck adapter")
+    settings = bottleneck_settings_from_adapters(cfg.get("config"), where)
+    wpath = _pick(folder, [ADAPTERS_WEIGHTS, ADAPTERS_WEIGHTS_BIN])
+    if wpath is None:
+        raise XtlError(f"no {ADAPTERS_WEIGHTS} (or {ADAPTERS_WEIGHTS_BIN}) in {folder}", where=str(folder),
+                       fix="save the adapter with adapters' model.save_adapter")
+    raw = read_tensors(wpath)
+    marker = f".adapters.{name}."
+    module: dict[str, torch.Tensor] = {}
+    bad = []
+    for key, value in raw.items():
+        k = _strip_model_prefix(key)
+        if marker not in k or not k.startswith("encoder."):
+            bad.append(key)
+            continue
+        module[k.replace(marker, f".adapters.{PLACEHOLDER}.")] = value
+    if bad:
+        raise XtlError(f"{wpath.name} holds {len(bad)} tensor(s) outside the bottleneck layers of adapter {name!r} "
+                       f"(e.g. {bad[:2]})", where=str(wpath),
+                       fix="adapters_xtl imports bottleneck adapters without invertible or fusion layers")
+    if not module:
+        raise XtlError(f"{wpath.name} holds no weights of adapter {name!r}", where=str(wpath),
+                       fix="save the trained adapter with model.save_adapter")
+    fm = ForeignModule(library="adapters", method="bottleneck", method_config=settings, module=module,
+                       base_model=cfg.get("model_name") or None,
+                       library_version=str(cfg.get("version", "")).replace("adapters.", "") or None,
+                       original_config=cfg)
+    _read_adapters_head(folder, fm, name)
+    return fm
+
+
+def _read_adapters_head(folder: Path, fm: ForeignModule, name: str) -> None:
+    """adapters' classification head (dense-tanh-out over <s>) maps exactly onto ours."""
+    hcfg_path = folder / ADAPTERS_HEAD_CONFIG
+    if not hcfg_path.is_file():
+        return
+    where = str(hcfg_path)
+    hcfg = _read_json(hcfg_path).get("config") or {}
+    wpath = _pick(folder, [ADAPTERS_HEAD_WEIGHTS, ADAPTERS_HEAD_WEIGHTS_BIN])
+    fix = ("adapters_xtl maps adapters' classification head with layers=2, activation_function='tanh', bias=true, "
+           "use_pooler=false; import without it (--no-head) and train a head on top")
+    problems = []
+    if hcfg.get("head_type") != "classification":
+        problems.append(f"head_type={hcfg.get('head_type')!r}")
+    for key, want in (("layers", 2), ("activation_function", "tanh"), ("bias", True), ("use_pooler", False)):
+        if hcfg.get(key, want) != want:
+            problems.append(f"{key}={hcfg.get(key)!r}")
+    if hcfg.get("multilabel"):
+        problems.append("multilabel=true")
+    if wpath is None:
+        problems.append(f"no {ADAPTERS_HEAD_WEIGHTS} / {ADAPTERS_HEAD_WEIGHTS_BIN}")
+    if problems:
+        raise XtlError("unsupported adapters head: " + ", ".join(problems), where=where, fix=fix)
+    raw = read_tensors(wpath)
+    prefix = f"heads.{name}."
+    try:
+        head = {"dense.weight": raw[prefix + "1.weight"], "dense.bias": raw[prefix + "1.bias"],
+                "out.weight": raw[prefix + "4.weight"], "out.bias": raw[prefix + "4.bias"]}
+    except KeyError as e:
+        raise XtlError(f"{wpath.name} lacks {e.args[0]!r}", where=str(wpath), fix=fix) from None
+    label2id = hcfg.get("label2id") or {}
+    fm.head = head
+    fm.head_source = "adapters"
+    fm.head_config = {"kind": "classification", "pooling": "cls", "label2id": label2id,
+                      "num_labels": int(head["out.weight"].shape[0])}
+
+
+def _read_xtl_head(folder: Path, fm: ForeignModule) -> None:
+    """Our own head, exported next to the adapter as xtl_head.safetensors + xtl_head.json."""
+    wpath, cpath = folder / HEAD_WEIGHTS, folder / HEAD_CONFIG
+    if not wpath.is_file() and not cpath.is_file():
+        return
+    if not (wpath.is_file() and cpath.is_file()):
+        raise XtlError(f"only one of {HEAD_WEIGHTS} / {HEAD_CONFIG} is present", where=str(folder),
+                       fix="copy both files (or neither) from the export")
+    info = _read_json(cpath)
+    head_cfg = info.get("head")
+    if not isinstance(head_cfg, dict) or not head_cfg:
+        raise XtlError(f"{HEAD_CONFIG} has no 'head' config", where=str(cpath), fix="re-export the module")
+    fm.head = read_tensors(wpath)
+    fm.head_config = head_cfg
+    fm.head_source = "adapters_xtl"
+    fm.xtl = info
+    ours = info.get("method_config")
+    if info.get("method") == fm.method and isinstance(ours, dict) and _same_config(ours, fm.method_config):
+        fm.method_config = ours  # our export: keep the exact config (list order included)
+
+
+def _same_config(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    norm = lambda d: {k: sorted(v) if isinstance(v, list) else v for k, v in d.items()}  # noqa: E731
+    return norm(a) == norm(b)
+
+
+# ---------------------------------------------------------------------------------------------
+# tensor names: ours -> theirs
+
+
+def peft_tensors(module: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our LoRA weights -> peft's saved naming (`base_model.model.<path>.lora_A.weight`)."""
+    out = {}
+    for key, value in module.items():
+        m = _OUR_LORA_KEY.match(key)
+        if not m:
+            raise XtlError(f"weight {key!r} is not a LoRA A/B matrix", where="export --format peft",
+                           fix="only LoRA modules on Linear layers export to peft")
+        out[f"base_model.model.{m['path']}.{m['ab']}.weight"] = value
+    return out
+
+
+def adapters_tensors(module: dict[str, torch.Tensor], adapter_name: str) -> dict[str, torch.Tensor]:
+    """Our bottleneck weights -> adapters' naming (`...output.adapters.<name>.adapter_down.0.weight`)."""
+    generic = f".adapters.{PLACEHOLDER}."
+    out = {}
+    for key, value in module.items():
+        if generic not in key:
+            raise XtlError(f"weight {key!r} is not a bottleneck adapter weight", where="export --format adapters",
+                           fix="only bottleneck modules export to adapters")
+        out[key.replace(generic, f".adapters.{adapter_name}.")] = value
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# heads
+
+
+def require_head(manifest, head_weights: dict[str, torch.Tensor], spec) -> None:
+    """Raise a clear XtlError when a module without a task head is used for a task that needs one.
+
+    `pipeline.evaluate_module` should call this before `model.head.load_state_dict(head_w)`.
+    """
+    if spec.format == "retrieval" or head_weights:
+        return
+    origin = manifest.model_extra.get("imported") if manifest.model_extra else None
+    how = f" (it was imported from {origin.get('library')} without a head)" if isinstance(origin, dict) else ""
+    raise XtlError(
+        f"module {manifest.name!r} version {manifest.version} has no task head{how}, so it cannot be "
+        f"evaluated on {spec.format} task {spec.name!r}",
+        where="--module",
+        fix=f"train a head on top of it: `xtl train --task {spec.name} --init-from {manifest.name} "
+        f"--method {manifest.method} --method-config '{json.dumps(manifest.method_config)}'`, or evaluate it "
+        "on a retrieval task",
+    )

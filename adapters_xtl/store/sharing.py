@@ -1,0 +1,221 @@
+"""Share registry modules on the Hugging Face Hub: push, pull, and import other libraries' repos.
+
+A pushed repo holds one module version exactly as the registry stores it, plus an export for the
+library that can load it without adapters_xtl::
+
+    manifest.json        provenance + sha256 of every file (hub: {repo_id})
+    weights.safetensors  module and head weights (our naming)
+    README.md            the model card (store.card), rendered for this repo
+    peft/ | adapters/    `xtl registry export` output (peft for LoRA, adapters for bottleneck)
+
+`push` verifies the module, stages that folder and uploads it as one commit, then records the
+commit in the local manifest (`hub: {repo_id, revision}`). `pull` resolves a branch/tag/commit
+to its commit sha once and downloads from that commit only, so the pulled module is pinned;
+every file is checked against the sha256 in the pulled manifest. `pull --lazy` registers a stub
+(manifest + card only) that `Registry.load` completes on first use.
+
+This module composes the parts and owns none of them: the registry (store.registry), the card
+(store.card), the peft / adapters formats (store.interop, store.convert) and the transport
+(store.hub, the only code that talks to huggingface_hub). Nothing from the Hub is unpickled.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..errors import XtlError
+from . import hub
+from . import interop
+from .card import GENERATED_MARKER, render_card
+from .convert import export_module, import_folder
+from .layout import README, WEIGHTS, check_file_name, check_name, check_version, sha256_file
+from .manifest import MANIFEST, Manifest, read_manifest
+from .registry import Registry
+
+log = logging.getLogger(__name__)
+
+__all__ = ["download_foreign", "import_module", "pull", "push"]
+
+
+def push(
+    registry: Registry,
+    name: str,
+    version: str | None = None,
+    *,
+    repo_id: str | None = None,
+    private: bool = False,
+    token: str | None = None,
+    endpoint: str | None = None,
+    commit_message: str | None = None,
+    exports: bool = True,
+) -> Manifest:
+    """Upload one module version (default: latest) to a model repo; return the updated manifest.
+
+    The module is verified (sha256 of every file) before anything is uploaded; afterwards the
+    local manifest records `hub: {repo_id, revision}` with the commit that was made. `repo_id`
+    defaults to `<your user>/<name>`; `private` applies when the repo is created.
+    """
+    m, _ = registry.load(name, version)  # verifies every file (and fetches a stub's)
+    vdir = registry.path(m.name, m.version)
+    if repo_id is None:
+        repo_id = f"{hub.user_name(token=token, endpoint=endpoint)}/{m.name}"
+    repo_id = hub.check_repo_id(repo_id)
+    stage = Path(tempfile.mkdtemp(prefix="xtl-push-"))
+    try:
+        up = m.model_copy(deep=True, update={"hub": {"repo_id": repo_id}})
+        files = dict(up.files)
+        for fn, digest in m.files.items():
+            if fn == README:
+                continue
+            shutil.copyfile(vdir / fn, stage / fn)
+            if sha256_file(stage / fn) != digest:
+                raise XtlError(f"{fn} changed while it was being pushed", where=str(vdir / fn),
+                               fix="run `xtl registry verify`, then push again")
+        card = (vdir / README).read_text(encoding="utf-8") if (vdir / README).is_file() else ""
+        if not card or GENERATED_MARKER in card:
+            card = render_card(up)  # the card the Hub shows names this repo
+        (stage / README).write_bytes(card.encode("utf-8"))
+        files[README] = sha256_file(stage / README)
+        up = up.model_copy(update={"files": files})
+        (stage / MANIFEST).write_text(up.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        fmt = interop.FORMAT_OF_METHOD.get(m.method)
+        if exports and fmt:
+            export_module(registry, m.name, stage / fmt, fmt=fmt, version=m.version)
+        sha = hub.upload_folder(
+            repo_id, stage, private=private, token=token, endpoint=endpoint,
+            commit_message=commit_message or f"adapters_xtl: {m.name} version {m.version} ({m.task}, {m.method})",
+        )
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    log.info("pushed %s version %s to %s@%s", m.name, m.version, repo_id, sha)
+    return registry.set_hub(m.name, m.version, {"repo_id": repo_id, "revision": sha})
+
+
+def pull(
+    registry: Registry,
+    spec: str,
+    *,
+    name: str | None = None,
+    version: str | None = None,
+    lazy: bool = False,
+    token: str | None = None,
+    endpoint: str | None = None,
+) -> Manifest:
+    """Register a module pushed by `push` from `org/name[@revision]`; return its manifest.
+
+    The revision (default main) is resolved to a commit sha first and everything is read from
+    that commit. The module is registered as `name` (default: the pushed name) and version
+    `hub-<sha[:12]>` (default), so pulling the same commit twice is a no-op. With `lazy`, only
+    manifest.json and README.md are fetched; the weights come on first `Registry.load`.
+    """
+    repo_id, revision = hub.parse_repo_spec(spec)
+    sha, siblings = hub.resolve(repo_id, revision, token=token, endpoint=endpoint)
+    if MANIFEST not in siblings:
+        raise XtlError(f"{repo_id}@{sha[:12]} has no {MANIFEST}: it is not an adapters_xtl module repo",
+                       where=repo_id,
+                       fix="for a peft or adapters repo use `xtl registry import REPO_ID --task TASK`")
+    tmp = Path(tempfile.mkdtemp(prefix="xtl-pull-"))
+    try:
+        got = hub.download_files(repo_id, sha, [MANIFEST], tmp, token=token, endpoint=endpoint)
+        remote = read_manifest(got[MANIFEST])
+        for fn in remote.files:
+            check_file_name(fn, where=f"{repo_id}@{sha[:12]}/{MANIFEST}: files")
+            if fn not in siblings:
+                raise XtlError(f"{fn} is listed in {MANIFEST} but not in {repo_id}@{sha[:12]}", where=repo_id,
+                               fix="the repo is incomplete; push the module again")
+        if WEIGHTS not in remote.files:
+            raise XtlError(f"{MANIFEST} lists no sha256 for {WEIGHTS}", where=f"{repo_id}@{sha[:12]}",
+                           fix="push the module again")
+        name = check_name(name or remote.name)
+        version = check_version(version or f"hub-{sha[:12]}")
+        if (registry.root / name / version / MANIFEST).is_file():
+            existing = registry.manifest(name, version)
+            pinned = existing.hub or {}
+            if pinned.get("repo_id") == repo_id and pinned.get("revision") == sha:
+                return existing if lazy else registry.materialize(name, version, token=token, endpoint=endpoint)
+            raise XtlError(f"module {name!r} already has version {version!r} (from {pinned or 'elsewhere'})",
+                           where=str(registry.root / name / version),
+                           fix="pass --name or --version to register the pulled module under another name")
+        card = None
+        if README in remote.files:
+            got.update(hub.download_files(repo_id, sha, [README], tmp, token=token, endpoint=endpoint))
+            if sha256_file(got[README]) != remote.files[README]:
+                raise XtlError(f"sha256 mismatch for {README} in {repo_id}@{sha[:12]}", where=repo_id,
+                               fix="push the module again")
+            card = got[README].read_text(encoding="utf-8")
+        local = remote.model_copy(deep=True, update={"name": name, "version": version,
+                                                     "hub": {"repo_id": repo_id, "revision": sha}})
+        if card is None or GENERATED_MARKER in card:
+            card = render_card(local.model_copy(update={"hub": {"repo_id": repo_id, "revision": sha, "lazy": True}}))
+        m = registry.save_stub(local, card=card, version=version)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if lazy:
+        return m
+    return registry.materialize(m.name, m.version, token=token, endpoint=endpoint)
+
+
+def download_foreign(spec: str, dest: Path, *, subfolder: str | None = None, token: str | None = None,
+                     endpoint: str | None = None) -> tuple[Path, str, str]:
+    """Download a peft / adapters adapter from `org/name[@revision]` (pinned); (folder, repo_id, sha)."""
+    repo_id, revision = hub.parse_repo_spec(spec)
+    prefix = (hub.check_repo_path(subfolder.strip("/")) + "/") if subfolder else ""
+    sha, siblings = hub.resolve(repo_id, revision, token=token, endpoint=endpoint)
+    config = prefix + interop.CONFIG
+    if config not in siblings:
+        raise XtlError(f"{repo_id}@{sha[:12]} has no {config}", where=repo_id,
+                       fix="pass --subfolder if the adapter is in a folder of the repo; for an adapters_xtl "
+                       "repo use `xtl registry pull`")
+    wanted = [interop.CONFIG, interop.PEFT_WEIGHTS, interop.PEFT_WEIGHTS_BIN, interop.ADAPTERS_WEIGHTS,
+              interop.ADAPTERS_WEIGHTS_BIN, interop.ADAPTERS_HEAD_CONFIG, interop.ADAPTERS_HEAD_WEIGHTS,
+              interop.ADAPTERS_HEAD_WEIGHTS_BIN, interop.HEAD_WEIGHTS, interop.HEAD_CONFIG]
+    # one weights file is enough: prefer safetensors, fetch a .bin only when there is no safetensors
+    for safe, pickled in ((interop.PEFT_WEIGHTS, interop.PEFT_WEIGHTS_BIN),
+                          (interop.ADAPTERS_WEIGHTS, interop.ADAPTERS_WEIGHTS_BIN),
+                          (interop.ADAPTERS_HEAD_WEIGHTS, interop.ADAPTERS_HEAD_WEIGHTS_BIN)):
+        if prefix + safe in siblings:
+            wanted.remove(pickled)
+    files = [prefix + fn for fn in wanted if prefix + fn in siblings]
+    hub.download_files(repo_id, sha, files, dest, token=token, endpoint=endpoint)
+    return dest / prefix if prefix else dest, repo_id, sha
+
+
+def import_module(
+    registry: Registry,
+    source: str | Path,
+    *,
+    task: str,
+    backbone,
+    name: str | None = None,
+    include_head: bool = True,
+    subfolder: str | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+) -> Manifest:
+    """Register a peft / adapters module from a folder or a Hub repo `org/name[@revision]`.
+
+    A repo is read from one pinned commit and recorded as `imported.source: {repo_id, revision}`;
+    the conversion and its checks are `store.convert.import_folder`.
+    """
+    from ..tasks import get_task
+
+    spec = get_task(task)  # a bad task fails before anything is downloaded
+    src = str(source)
+    path = Path(src).expanduser()
+    if path.exists():
+        folder = path / subfolder if subfolder else path
+        return import_folder(registry, folder, task=spec, backbone=backbone, name=name, include_head=include_head)
+    if not hub.looks_like_repo_spec(src):
+        raise XtlError(f"{src!r} is neither an existing folder nor a Hub repo id (org/name[@revision])",
+                       where="import source", fix="check the path, or pass a repo id like org/name")
+    tmpdir = Path(tempfile.mkdtemp(prefix="xtl-import-"))
+    try:
+        folder, repo_id, sha = download_foreign(src, tmpdir, subfolder=subfolder, token=token, endpoint=endpoint)
+        origin = {"repo_id": repo_id, "revision": sha, **({"subfolder": subfolder} if subfolder else {})}
+        return import_folder(registry, folder, task=spec, backbone=backbone, name=name, include_head=include_head,
+                             origin=origin)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
