@@ -32,7 +32,9 @@ from .trainer import TrainConfig
 
 __all__ = ["Backbone", "TaskCatalog", "LoRA", "Bottleneck", "TrainConfig", "Single", "Stack", "Fuse", "Merge",
            "Continue", "Block", "MultiTask", "train", "evaluate", "predict", "Registry", "TaskModule", "Recipe", "run", "report",
-           "study", "XtlError"]
+           "study", "XtlError", "LocalExecutor"]
+
+from .runner import LocalExecutor  # noqa: E402
 
 
 class Registry(_StoreRegistry):
@@ -174,12 +176,11 @@ def run(plan: "Plan | Recipe | str | Path", out: "str | Path | None" = None, *, 
     if isinstance(plan, Recipe):
         plan = plan.expand()
     out = Path(out) if out else Path("runs") / plan.recipe.name
-    if executor is not None:
-        return executor.run(plan, out, registry=registry or Registry(), backbone=backbone, progress=progress)
-    from .runner import run_plan
+    if executor is None:
+        from .runner import LocalExecutor
 
-    return run_plan(plan, out, registry=registry or Registry(), backbone=backbone, device=device, console=console,
-                    progress=progress)
+        executor = LocalExecutor(device=device, console=console)
+    return executor.run(plan, out, registry=registry or Registry(), backbone=backbone, progress=progress)
 
 
 def report(run_dir: "str | Path", title: str | None = None) -> dict[str, Any]:

@@ -191,3 +191,16 @@ def _fmt_scores(scores: dict) -> str:
 
 def cached_rows(run_dir: Path) -> list[dict]:
     return read_results(run_dir / "results.jsonl")
+
+
+class LocalExecutor:
+    """Runs a plan's cells one after another in this process, on one loaded backbone: the
+    reference executor. An executor is any object with this `run` method (issue: Ray actors)."""
+
+    def __init__(self, device: str | None = None, console: Console | None = None):
+        self.device = device
+        self.console = console
+
+    def run(self, plan: Plan, run_dir: Path, *, registry: Registry, backbone=None, progress=None) -> Path:
+        return run_plan(plan, run_dir, registry=registry, backbone=backbone, console=self.console,
+                        device=self.device, progress=progress)

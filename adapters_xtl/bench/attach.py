@@ -1,8 +1,7 @@
 """The bench's one way to put a fresh, trainable module and a head on a backbone, shared by a
 measured configuration (`run_config`) and our side of the peer comparison (`peer_compare`).
 
-Kept apart so that the attach / head / trainable-parameters chain can be swapped for
-`session.ModuleSession` in one place, without touching what is timed around it.
+It goes through `session.ModuleSession`, the chain every training path shares.
 """
 
 from __future__ import annotations
@@ -28,17 +27,12 @@ def _attach_for_bench(backbone: Backbone, method: str, method_config: dict, slot
     (after the method library is attached, as `enable_gradient_checkpointing` requires), build the
     task head, and collect the trainable parameters as the registry names them."""
     from ..compress import enable_gradient_checkpointing
-    from ..methods import get_method
-    from ..model import TaskModel, attach_new
+    from ..session import ModuleSession
 
-    m = get_method(method)
-    mcfg = attach_new(backbone, method, method_config, slot)
-    m.activate(backbone, [slot], trainable=[slot])
+    # the bench process owns this backbone to its end (one configuration per subprocess), so the
+    # session is entered and never torn down: the attach/compose/trainable chain is the shared one
+    session = ModuleSession(backbone, method, method_config, slot=slot).__enter__()
     if grad_ckpt:
         enable_gradient_checkpointing(backbone)
-    model = TaskModel(backbone, spec)
-    trainable = {f"module.{n}": p for n, p in m.named_parameters(backbone, slot).items()}
-    trainable.update({f"head.{n}": p for n, p in model.head.named_parameters()})
-    for p in trainable.values():
-        p.requires_grad_(True)
-    return Attached(model, m, mcfg, trainable)
+    model = session.task_model(spec)
+    return Attached(model, session.method, session.config, session.trainable())
