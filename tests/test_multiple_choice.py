@@ -215,22 +215,3 @@ def test_the_format_implements_the_prediction_protocol():
     cls = type(get_format("multiple_choice"))
     assert cls.examples_from_inputs is not Format.examples_from_inputs
     assert cls.predict_examples is not Format.predict_examples
-
-
-# ------------------------------------------------------------------------------------------ task defaults
-@pytest.mark.parametrize("name", ["hellaswag", "cosmosqa", "commonsenseqa", "cosmosqa-local", "commonsenseqa-local"])
-def test_every_multiple_choice_task_sets_defaults_that_learn(name):
-    """What issue 20 measured (docs/multiple_choice.md): adapter-sized rates stall a fresh
-    one-unit scoring head, so every multiple-choice task gives its head its own higher rate."""
-    spec = get_task(name)
-    assert spec.format == "multiple_choice"
-    train = TrainConfig.resolve(spec)
-    assert train.head_lr is not None and train.head_lr >= 10 * train.lr, (name, train)
-    assert train.lr <= 1e-3, (name, train)
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
