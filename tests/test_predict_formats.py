@@ -322,7 +322,7 @@ def test_retrieval_kept_rows_give_back_pair_accuracy_and_mining_scores(backbone)
 
 
 def test_the_protocol_is_implemented_by_every_format_here():
-    for name in ("classification", "tagging", "span_qa", "retrieval"):
+    for name in ("classification", "tagging", "span_qa", "retrieval", "multiple_choice"):
         cls = type(get_format(name))
         assert cls.examples_from_inputs is not Format.examples_from_inputs, name
         assert cls.predict_examples is not Format.predict_examples, name

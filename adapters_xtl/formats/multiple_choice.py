@@ -27,7 +27,17 @@ predicted. Trailing empty choices (an empty `answer4` cell) are dropped the same
 that names its choice positions in `labels` declares a fixed count: an example with another
 count is an `XtlError`.
 
-Score: {"accuracy"} (percent) via `metrics.choice_accuracy` (first choice wins a tie).
+Score: {"accuracy"} (percent) via `metrics.choice_accuracy` (first choice wins a tie); with
+`keep`, one row per example {id, gold, prediction (choice indices), score (its probability)}.
+
+Inference: an input is a dict with the task's text roles (`question`, `context`: those its
+`columns` map) and `choices` (two or more texts); it is encoded as in training and the output is
+{"choice", "label" (the chosen text), "score", "probabilities"}, with "truncated" when a choice's
+sequence was cut at the encoder limit.
+
+Training: the head is one linear unit, which moves little at an adapter's rate in a short run, and
+LoRA at 2e-3 stalls near ln(k); the multiple-choice tasks therefore set `lr: 5e-4, head_lr: 1e-2`
+(issue 20, docs/multiple_choice.md). A user task of this format should set them too.
 """
 
 from __future__ import annotations

@@ -68,12 +68,21 @@ def main() -> int:
     ap.add_argument("--evals", type=int, default=3, help="evaluations per run (evenly spaced, the last at the end)")
     ap.add_argument("--data-dir", type=Path, default=None)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster on a core shared with another job)")
     ap.add_argument("--label", default="ours")
     ap.add_argument("--registry", type=Path, default=None, help="keep the trained modules here (default: a temp dir)")
     ap.add_argument("--transfer", default="", help="comma-separated MC tasks to score each module on zero-shot")
     ap.add_argument("--transfer-limit", type=int, default=300)
     ap.add_argument("settings", nargs="+")
     args = ap.parse_args()
+    import signal
+
+    def said(sig, frame):  # a shared machine: say why a run stopped
+        print(f"stopped by signal {sig}", flush=True)
+        sys.exit(128 + sig)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, said)
 
     from adapters_xtl import pipeline
     from adapters_xtl.backbone import load_backbone
@@ -82,7 +91,7 @@ def main() -> int:
     from adapters_xtl.tasks import get_task
     from adapters_xtl.trainer import TrainConfig
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     bb = load_backbone("xlmr-e5-small")
     base = get_task(args.task)
     test_ex = load_examples(base, base.eval_split, "en", args.data_dir, limit=args.eval_limit)

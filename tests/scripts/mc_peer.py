@@ -93,13 +93,14 @@ def main() -> int:
     ap.add_argument("--data-dir", type=Path, default=Path(os.environ.get("XTL_DATA", "../shared/data")))
     ap.add_argument("--model-dir", type=Path, default=None, help="the xlmr-e5-small HF folder (default: build/cache it)")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster on a core shared with another job)")
     args = ap.parse_args()
 
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer, XLMRobertaForMultipleChoice, get_linear_schedule_with_warmup
     from transformers.utils import logging as hf_logging
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     model_dir = args.model_dir
     if model_dir is None:  # the same offline folder our backbone loads (the only adapters_xtl use)
         from adapters_xtl.embedded import build_e5_small
