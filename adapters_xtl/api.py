@@ -26,7 +26,7 @@ from .methods.bottleneck import BottleneckSettings as Bottleneck
 from .methods.lora import LoraSettings as LoRA
 from .pipeline import TrainedModule, evaluate_module, train_module
 from .recipe import Plan
-from .registry import Registry as _StoreRegistry
+from .store.registry import Registry as _StoreRegistry
 from .tasks import TaskCatalog, TaskSpec, get_task
 from .trainer import TrainConfig
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .errors import XtlError, did_you_mean
-from .manifest import BackboneFingerprint
+from .store.manifest import BackboneFingerprint
 
 QUANTIZATIONS = ("none", "8bit", "4bit")
 

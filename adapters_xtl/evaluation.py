@@ -8,7 +8,6 @@ which `read_results` skips.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -97,11 +96,11 @@ def result_rows(module: str, task: str, scores: dict[str, dict[str, float]], **e
 
 
 def append_results(path: Path, rows: list[dict]) -> None:
+    """Whole lines, fsynced; a line cut by an earlier kill is closed first, so no row is lost."""
+    from .io import append_jsonl
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        f.flush()
-        os.fsync(f.fileno())
+    append_jsonl(path, rows, ensure_ascii=False)
 
 
 def read_results(path: Path) -> list[dict]:

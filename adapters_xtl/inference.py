@@ -16,7 +16,7 @@ from typing import Any, Iterable
 from .backbone import Backbone
 from .errors import XtlError
 from .formats import get_format
-from .registry import Registry
+from .store.registry import Registry
 from .session import ModuleSession, parse_ref
 from .tasks import TaskSpec, get_task
 

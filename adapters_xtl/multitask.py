@@ -22,7 +22,7 @@ from .formats.base import Format, length_bucketed_batches
 from .methods import get_method
 from .model import TaskModel
 from .session import ModuleSession
-from .registry import Registry
+from .store.registry import Registry
 from .tasks import TaskSpec, get_task
 from .trainer import TrainConfig, train
 

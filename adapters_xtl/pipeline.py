@@ -14,13 +14,13 @@ from .backbone import Backbone
 from .data import load_examples
 from .errors import XtlError
 from .evaluation import append_results, evaluate, result_rows
-from .manifest import Manifest
+from .store.manifest import Manifest
 from .methods import get_method
 from .compose import Block, Continue, as_block
 from .cost import non_embedding_params, record_throughput  # noqa: F401
 from .model import TaskModel
 from .session import ModuleSession, compose_into, load_module_into, parse_ref, swap_clock  # noqa: F401
-from .registry import Registry
+from .store.registry import Registry
 from .tasks import TaskSpec, get_task
 from .trainer import TrainConfig, TrainResult, train
 

@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import XtlError, did_you_mean
-from .manifest import config_hash
+from .store.manifest import config_hash
 
 COMPOSITIONS = ("single", "stack", "fuse", "merge", "continue")
 

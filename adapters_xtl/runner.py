@@ -8,7 +8,6 @@ crash or Ctrl-C costs at most the cell in flight.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from .cost import estimate_hours, measured_peak_flops  # noqa: F401
 from .errors import XtlError
 from .evaluation import append_results, read_results
 from .recipe import Cell, ModuleJob, Plan
-from .registry import Registry
+from .store.registry import Registry
 from .tasks import get_task
 from .trainer import TrainConfig
 
@@ -31,10 +30,10 @@ def make_progress(console: Console | None = None):
 
 
 def _atomic_json(path: Path, obj) -> None:
+    from .io import atomic_write_json
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False))
-    os.replace(tmp, path)
+    atomic_write_json(path, obj, indent=2, ensure_ascii=False)
 
 
 def _train_config(raw: dict, where: str) -> TrainConfig:

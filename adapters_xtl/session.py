@@ -20,11 +20,11 @@ import torch
 from .backbone import Backbone
 from .compose import Block, Single, as_block
 from .errors import XtlError
-from .manifest import Manifest, library_versions
+from .store.manifest import Manifest, library_versions
 from .methods import get_method
 from .methods.base import Arrangement, MethodConfig, count_parameters
 from .model import TaskModel, attach_new, attach_saved, slot_name, split_weights
-from .registry import Registry
+from .store.registry import Registry
 from .tasks import TaskSpec
 
 

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 from safetensors.torch import load_file, save_file
 
 from .formats.base import length_bucketed_batches, padding_waste, to_device
-from .manifest import config_hash
+from .store.manifest import config_hash
 from .progress import emit
 
 

@@ -87,6 +87,6 @@ def tiny_backbone_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def registry(tmp_path):
-    from adapters_xtl.registry import Registry
+    from adapters_xtl.store.registry import Registry
 
     return Registry(tmp_path / "registry")

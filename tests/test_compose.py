@@ -11,7 +11,7 @@ import torch
 from adapters_xtl.backbone import Backbone, load_backbone
 from adapters_xtl.compose import Block, Continue, Fuse, Merge, Single, Stack
 from adapters_xtl.errors import XtlError
-from adapters_xtl.manifest import BackboneFingerprint
+from adapters_xtl.store.manifest import BackboneFingerprint
 from adapters_xtl.methods import get_method
 from adapters_xtl.pipeline import evaluate_module, train_module
 from adapters_xtl.session import compose_into

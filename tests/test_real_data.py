@@ -28,7 +28,7 @@ def e5(e5_small_dir):
 
 
 def test_sib200_zero_shot_beats_majority_in_every_language(e5, shared_data, tmp_path):
-    from adapters_xtl.registry import Registry
+    from adapters_xtl.store.registry import Registry
 
     spec = get_task("sib200")
     test_en = load_examples(spec, "test", "en", shared_data)

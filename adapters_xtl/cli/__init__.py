@@ -48,7 +48,7 @@ app.command()(study)
 
 
 from .bench import bench  # noqa: E402
-from ..cli_registry import registry_app  # noqa: E402
+from .registry import registry_app  # noqa: E402
 
 app.command()(bench)
 app.add_typer(registry_app, name="registry")

@@ -267,7 +267,7 @@ def run_study(name: str, *, recipe: str | Path | None = None, out: str | Path | 
               data_dir: str | Path | None = None, registry=None, backbone=None, console: Console | None = None,
               device: str | None = None, dry_run: bool = False) -> StudyOutput | None:
     """Run study ``name`` end to end; write ``study.json`` and ``study.md`` under ``out``."""
-    from adapters_xtl.registry import Registry
+    from adapters_xtl.store.registry import Registry
 
     study = get_study(name)
     rec, cfg = load_study(name, recipe, data_dir)

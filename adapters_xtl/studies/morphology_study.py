@@ -226,7 +226,7 @@ def run_morphology(ctx: StudyContext, dry_run: bool = False) -> dict[str, Any] |
     conditions: list[tuple[str, str | None]] = [("backbone", None)] + [(name, ref) for name, ref in refs.items()]
     alignment: dict[str, dict[int, dict[str, dict[str, float]]]] = {}
     t0 = time.perf_counter()
-    from adapters_xtl.manifest import config_hash
+    from adapters_xtl.store.manifest import config_hash
 
     cache_dir = ctx.out / "measurements"
     for cond, ref in conditions:

@@ -152,7 +152,7 @@ def _steps_verdict(g: str, r: Mapping[str, Any], gain_ci: Mapping[int, Any], met
 
 
 def _derive_steps_recipe(recipe, cfg: StepsConfig):
-    from adapters_xtl.manifest import config_hash
+    from adapters_xtl.store.manifest import config_hash
     from adapters_xtl.methods import get_method
     from adapters_xtl.recipe import CompositionSpec, IntermediateSpec
     from adapters_xtl.tasks import get_task

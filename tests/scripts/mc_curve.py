@@ -87,7 +87,7 @@ def main() -> int:
     from adapters_xtl import pipeline
     from adapters_xtl.backbone import load_backbone
     from adapters_xtl.data import load_examples
-    from adapters_xtl.registry import Registry
+    from adapters_xtl.store.registry import Registry
     from adapters_xtl.tasks import get_task
     from adapters_xtl.trainer import TrainConfig
 

@@ -14,7 +14,7 @@ console = Console()
 
 
 def _registry(path: Optional[Path]):
-    from .store.registry import Registry
+    from ..store.registry import Registry
 
     return Registry(path)
 
@@ -42,7 +42,7 @@ def registry_show(name: str, version: Optional[str] = typer.Option(None), regist
 
 @registry_app.command("verify")
 def registry_verify(registry: Optional[Path] = typer.Option(None), fix: bool = typer.Option(False)):
-    from .store.verify import verify
+    from ..store.verify import verify
 
     reg = _registry(registry)
     problems = verify(reg, fix=fix)
@@ -65,7 +65,7 @@ def registry_push(
     registry: Optional[Path] = typer.Option(None),
 ):
     """Upload a module (weights, manifest, model card, peft/adapters export) to the Hugging Face Hub."""
-    from .store.sharing import push
+    from ..store.sharing import push
 
     m = push(_registry(registry), name, version, repo_id=repo_id, private=private, commit_message=message,
              exports=exports)
@@ -81,7 +81,7 @@ def registry_pull(
     registry: Optional[Path] = typer.Option(None),
 ):
     """Register a module pushed with `xtl registry push`, pinned to one commit."""
-    from .store.sharing import pull
+    from ..store.sharing import pull
 
     m = pull(_registry(registry), repo, name=name, version=version, lazy=lazy)
     how = "recorded (weights fetched on first use)" if (m.hub or {}).get("lazy") else "pulled"
@@ -113,11 +113,11 @@ def registry_import(
     device: Optional[str] = typer.Option(None),
 ):
     """Register a LoRA saved by peft or a bottleneck adapter saved by adapters as a task module."""
-    from .backbone import load_backbone
-    from .errors import XtlError
-    from .store.interop import read_folder
-    from .store.sharing import import_module
-    from .tasks import get_task
+    from ..backbone import load_backbone
+    from ..errors import XtlError
+    from ..store.interop import read_folder
+    from ..store.sharing import import_module
+    from ..tasks import get_task
 
     get_task(task)  # a bad task fails before any loading
     if backbone is None:
@@ -147,7 +147,7 @@ def registry_export(
     registry: Optional[Path] = typer.Option(None),
 ):
     """Write a module as a folder peft (`PeftModel.from_pretrained`) or adapters (`load_adapter`) loads."""
-    from .store.convert import export_module
+    from ..store.convert import export_module
 
     out = export_module(_registry(registry), name, out_dir, fmt=fmt, version=version, base_model=base_model,
                         adapter_name=adapter_name, overwrite=overwrite)
