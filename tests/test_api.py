@@ -17,6 +17,14 @@ from test_core import write_toy_task
 FAST = xtl.TrainConfig(steps=12, batch_size=8, eval_every=6, lr=5e-3, log_every=3)
 
 
+@pytest.fixture()
+def toy_world(tiny_backbone_dir, tmp_path):
+    """A user task folder, the catalog that includes it, a tiny backbone and an empty registry."""
+    task_file = write_toy_task(tmp_path / "toy")
+    return (xtl.TaskCatalog(include=[task_file.parent]), xtl.Backbone.load(str(tiny_backbone_dir)),
+            xtl.Registry(tmp_path / "registry"))
+
+
 def test_public_names_import_lazily_and_resolve():
     for name in ("Backbone", "TaskCatalog", "LoRA", "Bottleneck", "TrainConfig", "Single", "Stack", "Fuse", "Merge",
                  "Continue", "MultiTask", "train", "evaluate", "predict", "Registry", "TaskModule", "Recipe", "run",
@@ -26,11 +34,8 @@ def test_public_names_import_lazily_and_resolve():
         xtl.no_such_name
 
 
-def test_train_stack_evaluate_and_predict_through_the_api(tiny_backbone_dir, tmp_path):
-    task_file = write_toy_task(tmp_path / "toy")
-    cat = xtl.TaskCatalog(include=[task_file.parent])
-    bb = xtl.Backbone.load(str(tiny_backbone_dir))
-    reg = xtl.Registry(tmp_path / "registry")
+def test_train_stack_evaluate_and_predict_through_the_api(toy_world, tmp_path):
+    cat, bb, reg = toy_world
     inter = xtl.train(bb, cat.get("toy-sentiment"), method=xtl.LoRA(r=4), registry=reg, config=FAST, name="inter")
     assert inter.name == "inter@1"
     tgt = xtl.train(bb, cat.get("toy-sentiment"), method=xtl.LoRA(r=4), compose=xtl.Stack(inter.name),
@@ -46,11 +51,8 @@ def test_train_stack_evaluate_and_predict_through_the_api(tiny_backbone_dir, tmp
     assert not any(p.requires_grad for p in bb.model.parameters())  # the session tore down
 
 
-def test_predict_agrees_with_the_scores_of_evaluation(tiny_backbone_dir, tmp_path):
-    task_file = write_toy_task(tmp_path / "toy")
-    cat = xtl.TaskCatalog(include=[task_file.parent])
-    bb = xtl.Backbone.load(str(tiny_backbone_dir))
-    reg = xtl.Registry(tmp_path / "registry")
+def test_predict_agrees_with_the_scores_of_evaluation(toy_world, tmp_path):
+    cat, bb, reg = toy_world
     with cat.active():
         tm = xtl.train(bb, "toy-sentiment", registry=reg, name="m", languages=["en"],
                        config=xtl.TrainConfig(steps=40, batch_size=8, eval_every=40, lr=1e-2, log_every=10))
@@ -63,22 +65,16 @@ def test_predict_agrees_with_the_scores_of_evaluation(tiny_backbone_dir, tmp_pat
     assert acc == pytest.approx(tm.scores["en"]["accuracy"])
 
 
-def test_unknown_module_version_names_the_versions_there_are(tiny_backbone_dir, tmp_path):
-    task_file = write_toy_task(tmp_path / "toy")
-    cat = xtl.TaskCatalog(include=[task_file.parent])
-    bb = xtl.Backbone.load(str(tiny_backbone_dir))
-    reg = xtl.Registry(tmp_path / "registry")
+def test_unknown_module_version_names_the_versions_there_are(toy_world, tmp_path):
+    cat, bb, reg = toy_world
     with cat.active():
         xtl.train(bb, "toy-sentiment", registry=reg, config=FAST, name="m", languages=["en"])
         with pytest.raises(XtlError, match="1"):
             reg.load_module("m@7", backbone=bb)
 
 
-def test_long_inputs_are_truncated_with_one_warning(tiny_backbone_dir, tmp_path):
-    task_file = write_toy_task(tmp_path / "toy")
-    cat = xtl.TaskCatalog(include=[task_file.parent])
-    bb = xtl.Backbone.load(str(tiny_backbone_dir))
-    reg = xtl.Registry(tmp_path / "registry")
+def test_long_inputs_are_truncated_with_one_warning(toy_world, tmp_path):
+    cat, bb, reg = toy_world
     with cat.active():
         tm = xtl.train(bb, "toy-sentiment", registry=reg, config=FAST, name="m", languages=["en"])
         with reg.load_module(tm.name, backbone=bb) as mod, warnings.catch_warnings(record=True) as seen:
