@@ -263,6 +263,33 @@ def record_throughput(backbone: Backbone, method: str, task: str, cfg: TrainConf
                     non_embedding=non_embedding_params(backbone))
 
 
+def record_eval_throughput(backbone: Backbone, method: str, task: str, languages: int, examples: int,
+                           seconds: float) -> None:
+    """Remember how fast this machine scored a task (examples over all languages, forward passes
+    and metrics): the dry-run prices a cell's evaluation from it (about 40% of a small cell).
+    Stored in the same log as training steps with `kind: eval`, one "step" per example."""
+    if examples <= 0 or seconds <= 0:
+        return
+    try:
+        throughput.record({
+            "kind": "eval", "backbone": backbone.fingerprint.model_id, "quantization": backbone.quantization,
+            "method": method, "device": backbone.device.type, "task": task, "steps": examples,
+            "seconds_per_step": seconds / examples, "examples_per_language": examples / max(1, languages),
+            "flops_per_step": 2 * non_embedding_params(backbone) * _tokens_per_example(task),
+        })
+    except OSError:
+        pass
+
+
+def _tokens_per_example(task: str) -> float:
+    from .tasks import get_task
+
+    try:
+        return get_task(task).max_length / 2
+    except Exception:
+        return 64.0
+
+
 # ---------------------------------------------------------------------------------- pricing
 @dataclass
 class StepCost:
@@ -278,7 +305,7 @@ def step_cost(rows: Iterable[dict[str, Any]], *, backbone: str, quantization: st
     so an old run on a busy machine does not price a quiet one forever.
     """
     want = {"backbone": backbone, "quantization": quantization, "method": method, "device": device}
-    same = [r for r in rows if all(r.get(k) == v for k, v in want.items())]
+    same = [r for r in rows if r.get("kind", "train") == "train" and all(r.get(k) == v for k, v in want.items())]
     same_task = [r for r in same if r.get("task") == task]
     if same_task:
         per = [r["seconds_per_step"] * batch_size / max(1, r.get("batch_size", batch_size)) for r in same_task[-5:]]
@@ -289,6 +316,30 @@ def step_cost(rows: Iterable[dict[str, Any]], *, backbone: str, quantization: st
     return StepCost(flops_per_step / guess_flops_per_s if guess_flops_per_s else float("nan"), "guess")
 
 
+# an unmeasured evaluation is priced for this many examples per language (a typical test split)
+GUESS_EVAL_EXAMPLES = 1000
+
+
+def eval_cost(rows: Iterable[dict[str, Any]], *, backbone: str, quantization: str, method: str, device: str,
+              task: str, languages: int, limit: int | None, flops_per_example: float,
+              guess_flops_per_s: float | None) -> StepCost:
+    """Seconds to score one cell on `languages` languages (`limit` examples each when set),
+    priced like `step_cost`: the same task measured here, else this machine's evaluation FLOP/s,
+    else the matmul peak."""
+    want = {"backbone": backbone, "quantization": quantization, "method": method, "device": device}
+    same = [r for r in rows if r.get("kind") == "eval" and all(r.get(k) == v for k, v in want.items())]
+    same_task = [r for r in same if r.get("task") == task][-5:]
+    per_lang = (_median([r.get("examples_per_language", GUESS_EVAL_EXAMPLES) for r in same_task])
+                if same_task else GUESS_EVAL_EXAMPLES)
+    examples = languages * (min(limit, per_lang) if limit else per_lang)
+    if same_task:
+        return StepCost(examples * _median([r["seconds_per_step"] for r in same_task]), "task")
+    rates = [r["flops_per_step"] / r["seconds_per_step"] for r in same[-5:] if r.get("flops_per_step")]
+    if rates:
+        return StepCost(examples * flops_per_example / _median(rates), "flops")
+    return StepCost(examples * flops_per_example / guess_flops_per_s if guess_flops_per_s else float("nan"), "guess")
+
+
 def _median(xs: list[float]) -> float:
     xs = sorted(xs)
     n = len(xs)
@@ -297,13 +348,14 @@ def _median(xs: list[float]) -> float:
 
 def estimate_hours(plan: Plan, info: dict, *, mfu: float = 0.3, peak: float | None = None,
                    device: str | None = None, cache_dir: Path | None = None) -> dict:
-    """Training time of the steps still to run (`info` is `runner.describe`), priced from this
-    machine's measured runs.
+    """Time of the work still to run (`info` is `runner.describe`): training and evaluation,
+    priced from this machine's measured runs.
 
-    Each job (a module to train, a cell to run) is priced by `step_cost` with `step_flops` of
-    batch x half the task's max length tokens; a guess is the matmul peak of this device x `mfu`.
-    Evaluation is not included. `sources` counts how each job was priced, so the user sees how
-    much is guessed.
+    Each training job (a module to train, a cell whose module is not trained yet) is priced by
+    `step_cost` with `step_flops` of batch x half the task's max length tokens; each cell still to
+    run also pays its evaluation (`eval_cost`), including a cell whose training finished before a
+    kill (`info["cells_trained"]`). A guess is the matmul peak of this device x `mfu`. `sources`
+    counts how each job was priced, so the user sees how much is guessed.
     """
     from .tasks import get_task
     from .trainer import TrainConfig
@@ -312,28 +364,39 @@ def estimate_hours(plan: Plan, info: dict, *, mfu: float = 0.3, peak: float | No
     dev = (device or ("cuda" if torch.cuda.is_available() else "cpu")).split(":")[0]
     rows = throughput.read(cache_dir)
     todo = set(info["modules_to_train"])
+    cached, trained = info.get("cached_keys", set()), info.get("cells_trained", set())
+    cells = [c for c in plan.cells if c.key not in cached]
     jobs = [(m.train, m.task.split(":")[-1].split("+")[0]) for m in plan.modules if m.name in todo]
-    jobs += [(c.train, c.target) for c in plan.cells if c.key not in info.get("cached_keys", set())
-             and get_task(c.target).format != "retrieval"]
-    tokens, seconds = 0.0, 0.0
+    jobs += [(c.train, c.target) for c in cells if c.key not in trained and get_task(c.target).format != "retrieval"]
+    common = dict(backbone=plan.recipe.backbone, quantization=plan.recipe.quantization, method=plan.recipe.method,
+                  device=dev)
+
+    def guessed(price, **key):
+        nonlocal peak
+        cost = price(rows, **key, guess_flops_per_s=None)
+        if cost.source == "guess":
+            peak = peak or measured_peak_flops(device=dev)  # timed only when something must be guessed
+            cost = price(rows, **key, guess_flops_per_s=peak * mfu)
+        sources[cost.source] += 1
+        return cost.seconds
+
+    tokens, seconds, eval_seconds = 0.0, 0.0, 0.0
     sources = {"task": 0, "flops": 0, "guess": 0}
     for train, task in jobs:
         spec = get_task(task)
         batch = train.get("batch_size", 16)
         steps = train.get("steps", TrainConfig().steps)
         step_tokens = batch * spec.max_length / 2
-        key = dict(backbone=plan.recipe.backbone, quantization=plan.recipe.quantization, method=plan.recipe.method,
-                   device=dev, task=spec.train_task or spec.name, batch_size=batch,
-                   flops_per_step=step_flops(n, step_tokens))
-        cost = step_cost(rows, **key, guess_flops_per_s=None)
-        if cost.source == "guess":
-            peak = peak or measured_peak_flops(device=dev)  # timed only when something must be guessed
-            cost = step_cost(rows, **key, guess_flops_per_s=peak * mfu)
-        sources[cost.source] += 1
         tokens += steps * step_tokens
-        seconds += steps * cost.seconds
+        seconds += steps * guessed(step_cost, **common, task=spec.train_task or spec.name, batch_size=batch,
+                                   flops_per_step=step_flops(n, step_tokens))
+    for c in cells:
+        spec = get_task(c.target)
+        eval_seconds += guessed(eval_cost, **common, task=spec.name, languages=len(c.languages or spec.languages),
+                                limit=c.eval_limit, flops_per_example=2 * n * spec.max_length / 2)
     return {"training_tokens": tokens, "peak_tflops": (peak or 0) / 1e12, "assumed_mfu": mfu,
-            "hours": seconds / 3600, "sources": sources, "jobs": len(jobs), "device": dev}
+            "hours": (seconds + eval_seconds) / 3600, "train_hours": seconds / 3600, "eval_hours": eval_seconds / 3600,
+            "sources": sources, "jobs": len(jobs), "evaluations": len(cells), "device": dev}
 
 
 # ------------------------------------------------------------------------------- grid projection

@@ -58,10 +58,10 @@ def evaluate(
     model.eval()
     fmt = model.format
     for lang in langs:
-        if spec.format == "retrieval":
-            src, tgt = retrieval_pairs(spec, lang, data_dir, limit)
+        if spec.format == "retrieval":  # parallel pairs or bitext mining (BUCC), by the task's mode
             keep = [] if predictions is not None else None
-            out[lang] = fmt.score_pairs(model, src, tgt, spec, batch_size=batch_size, keep=keep)
+            out[lang] = fmt.score_language(model, spec, lang, data_dir=data_dir, limit=limit, batch_size=batch_size,
+                                           keep=keep)
         else:
             sp = split or spec.eval_split
             examples = load_examples(spec, sp, lang, data_dir, limit=limit)

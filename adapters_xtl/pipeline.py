@@ -17,7 +17,7 @@ from .evaluation import append_results, evaluate, result_rows
 from .store.manifest import Manifest
 from .methods import get_method
 from .compose import Block, Continue, as_block
-from .cost import non_embedding_params, record_throughput  # noqa: F401
+from .cost import non_embedding_params, record_eval_throughput, record_throughput  # noqa: F401
 from .model import TaskModel
 from .session import ModuleSession, compose_into, load_module_into, parse_ref, swap_clock  # noqa: F401
 from .store.registry import Registry
@@ -103,11 +103,11 @@ def train_module(
                        main_metric=default_main_metric(spec), progress=progress, description=name)
         session.train_mode(False)
         record_throughput(backbone, method, train_task.name, cfg, result)
-        scores = evaluate(model, spec, eval_languages, data_dir=data_dir, limit=eval_limit)
+        scores = _timed_evaluate(backbone, method, model, spec, eval_languages, data_dir=data_dir, limit=eval_limit)
         manifest = session.manifest(
             name=name, task=spec.name, format=spec.format, head=fmt.head_config(spec), trainable=trainable,
             recipe_hash=recipe_hash, steps=cfg.steps, seed=cfg.seed, train_examples=result.train_examples,
-            scores=scores,
+            **_score_fields(scores, eval_limit),
             training={"config": cfg.model_dump(), "best_step": result.best_step, "best_dev": result.best_score,
                       "seconds": round(result.seconds, 2), "padding_waste": round(result.padding_waste, 4)},
             **(extra_manifest or {}),
@@ -117,8 +117,30 @@ def train_module(
     if results_path:
         append_results(results_path, result_rows(f"{manifest.name}@{manifest.version}", spec.name, scores,
                                                  method=method, seed=cfg.seed, steps=cfg.steps,
-                                                 composition=block.kind))
+                                                 composition=block.kind, **_limit_field(eval_limit)))
     return TrainedModule(manifest, result, scores, n_train, total)
+
+
+def _score_fields(scores: dict, limit: int | None) -> dict:
+    """Manifest scores come from full evaluations only: a score on the first N examples is kept
+    apart, with its N, so a quick look never passes for the module's result."""
+    if limit is None:
+        return {"scores": scores}
+    return {"scores": {}, "limited_scores": {"limit": limit, "scores": scores}}
+
+
+def _limit_field(limit: int | None) -> dict:
+    return {} if limit is None else {"limit": limit}
+
+
+def _timed_evaluate(backbone: Backbone, method: str, model, spec: TaskSpec, languages, **kw):
+    """`evaluate`, with its speed added to the measurement log (the dry-run prices evaluation)."""
+    t0 = time.perf_counter()
+    examples: dict[str, list] = {}
+    scores = evaluate(model, spec, languages, predictions=examples, **kw)
+    n = sum(len(rows) for rows in examples.values())
+    record_eval_throughput(backbone, method, spec.name, len(scores), n, time.perf_counter() - t0)
+    return scores
 
 
 def model_format_trainable(spec: TaskSpec) -> bool:
@@ -161,12 +183,13 @@ def evaluate_module(
             preds = {} if predictions_path else None
             scores = evaluate(model, spec, languages, data_dir=data_dir, limit=limit, predictions=preds)
         label = f"{man.name}@{man.version}"
-        if update_registry and spec.name == man.task:
+        if update_registry and spec.name == man.task and limit is None:  # full evaluations only
             registry.update_scores(man.name, man.version, scores)
     if predictions_path:
         from .evaluation import write_predictions
 
         write_predictions(predictions_path, label, spec.name, preds)
     if results_path:
-        append_results(results_path, result_rows(label, spec.name, scores, seconds=round(time.perf_counter() - t0, 2)))
+        append_results(results_path, result_rows(label, spec.name, scores, seconds=round(time.perf_counter() - t0, 2),
+                                                 **_limit_field(limit)))
     return scores

@@ -14,6 +14,7 @@ from adapters_xtl.cost import step_cost
 from adapters_xtl.pipeline import train_module
 from adapters_xtl.recipe import expand, load_recipe
 from adapters_xtl.runner import describe, estimate_hours
+from adapters_xtl.tasks import get_task
 from adapters_xtl.trainer import TrainConfig
 
 from test_core import write_toy_task
@@ -70,8 +71,10 @@ def test_training_records_its_speed_and_the_dry_run_uses_it(tiny_backbone_dir, t
     tm = train_module(bb, str(task), name="toy-speed", registry=registry,
                       train_config=TrainConfig(steps=4, batch_size=8, eval_every=2, lr=0.005))
     rows = throughput.read()
-    assert len(rows) == 1
-    r = rows[0]
+    train_rows = [r for r in rows if r.get("kind", "train") == "train"]
+    eval_rows = [r for r in rows if r.get("kind") == "eval"]
+    assert len(train_rows) == 1 and len(eval_rows) == 1
+    r = train_rows[0]
     assert r["backbone"] == bb.fingerprint.model_id and r["device"] == "cpu" and r["steps"] == 4
     assert r["task"] == tm.manifest.task and r["batch_size"] == 8
     # real tokens: every training row is 3..20 tokens long, so a batch of 8 holds 24..160
@@ -88,7 +91,13 @@ def test_training_records_its_speed_and_the_dry_run_uses_it(tiny_backbone_dir, t
         "intermediate": [], "targets": [{"task": str(task)}], "compositions": ["single"],
     }))
     plan = expand(load_recipe(recipe))
+    # the evaluation row: every example scored once, in every language the module was scored on
+    e = eval_rows[0]
+    assert e["task"] == tm.manifest.task and e["steps"] == sum(1 for _ in tm.scores) * e["examples_per_language"]
     est = estimate_hours(plan, describe(plan, registry), device="cpu")
-    assert est["sources"] == {"task": 1, "flops": 0, "guess": 0}
-    assert est["hours"] * 3600 == pytest.approx(10 * r["seconds_per_step"] * 16 / 8)
+    assert est["sources"] == {"task": 2, "flops": 0, "guess": 0}  # one training, one evaluation
+    assert est["train_hours"] * 3600 == pytest.approx(10 * r["seconds_per_step"] * 16 / 8)
+    langs = len(plan.cells[0].languages or get_task(str(task)).languages)
+    assert est["eval_hours"] * 3600 == pytest.approx(langs * e["examples_per_language"] * e["seconds_per_step"])
+    assert est["hours"] == pytest.approx(est["train_hours"] + est["eval_hours"])
     json.dumps(est)  # plain data, printable as JSON
