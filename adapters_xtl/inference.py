@@ -73,8 +73,11 @@ class TaskModule:
         cut = sum(1 for o in out if o.get("truncated"))
         if cut and not self._warned:
             self._warned = True
+            from .formats.base import encoder_limit
+
+            limit = encoder_limit(self.spec, self.model.tokenizer)  # the task's max_length, capped by the tokenizer's
             warnings.warn(f"{cut} of {len(out)} inputs were longer than the encoder's limit and were truncated "
-                          f"(max_length {self.spec.max_length}); their predictions saw only the beginning",
+                          f"(at {limit} tokens); their predictions saw only the beginning",
                           TruncationWarning, stacklevel=2)
         return out
 

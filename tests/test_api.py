@@ -81,7 +81,12 @@ def test_long_inputs_are_truncated_with_one_warning(toy_world, tmp_path):
             warnings.simplefilter("always")
             mod.predict(["good film " * 400])
             mod.predict(["good film " * 400])
-    assert len([w for w in seen if "truncated" in str(w.message)]) == 1
+    cut = [str(w.message) for w in seen if "truncated" in str(w.message)]
+    assert len(cut) == 1
+    # the limit quoted is the one applied: the task's max_length capped by the tokenizer's
+    from adapters_xtl.formats.base import encoder_limit
+
+    assert f"at {encoder_limit(cat.get('toy-sentiment'), bb.tokenizer)} tokens" in cut[0]
 
 
 def test_user_task_folders_join_the_catalog_without_the_environment(tmp_path):
