@@ -32,6 +32,7 @@ class TrainedModule:
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     trainable_params: int = 0
     total_params: int = 0
+    predictions: dict[str, list] = field(default_factory=dict)  # language -> per-example rows (statistics)
 
     @property
     def name(self) -> str:
@@ -69,6 +70,7 @@ def train_module(
     recipe_hash: str | None = None,
     progress=None,
     extra_manifest: dict[str, Any] | None = None,
+    predictions_path: Path | None = None,
 ) -> TrainedModule:
     """Train one module on the task's English data (on top of a composition of frozen
     intermediate modules), score it on every language, register it.
@@ -103,7 +105,9 @@ def train_module(
                        main_metric=default_main_metric(spec), progress=progress, description=name)
         session.train_mode(False)
         record_throughput(backbone, method, train_task.name, cfg, result)
-        scores = _timed_evaluate(backbone, method, model, spec, eval_languages, data_dir=data_dir, limit=eval_limit)
+        preds: dict[str, list] = {}
+        scores = _timed_evaluate(backbone, method, model, spec, eval_languages, preds, data_dir=data_dir,
+                                 limit=eval_limit)
         manifest = session.manifest(
             name=name, task=spec.name, format=spec.format, head=fmt.head_config(spec), trainable=trainable,
             recipe_hash=recipe_hash, steps=cfg.steps, seed=cfg.seed, train_examples=result.train_examples,
@@ -114,11 +118,15 @@ def train_module(
         )
         manifest = session.save(registry, manifest, trainable)
         n_train = manifest.trainable_params
+    if predictions_path:
+        from .evaluation import write_predictions
+
+        write_predictions(predictions_path, f"{manifest.name}@{manifest.version}", spec.name, preds)
     if results_path:
         append_results(results_path, result_rows(f"{manifest.name}@{manifest.version}", spec.name, scores,
                                                  method=method, seed=cfg.seed, steps=cfg.steps,
                                                  composition=block.kind, **_limit_field(eval_limit)))
-    return TrainedModule(manifest, result, scores, n_train, total)
+    return TrainedModule(manifest, result, scores, n_train, total, preds)
 
 
 def _score_fields(scores: dict, limit: int | None) -> dict:
@@ -133,10 +141,10 @@ def _limit_field(limit: int | None) -> dict:
     return {} if limit is None else {"limit": limit}
 
 
-def _timed_evaluate(backbone: Backbone, method: str, model, spec: TaskSpec, languages, **kw):
-    """`evaluate`, with its speed added to the measurement log (the dry-run prices evaluation)."""
+def _timed_evaluate(backbone: Backbone, method: str, model, spec: TaskSpec, languages, examples: dict, **kw):
+    """`evaluate` (per-example rows into `examples`), with its speed added to the measurement log
+    (the dry-run prices evaluation)."""
     t0 = time.perf_counter()
-    examples: dict[str, list] = {}
     scores = evaluate(model, spec, languages, predictions=examples, **kw)
     n = sum(len(rows) for rows in examples.values())
     record_eval_throughput(backbone, method, spec.name, len(scores), n, time.perf_counter() - t0)
