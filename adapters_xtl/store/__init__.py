@@ -3,14 +3,16 @@
 Imports point one way (each module imports only those below it)::
 
     sharing                      push / pull / import from the Hub: composes everything below
-    verify                       `xtl registry verify [--fix]`
+    verify                       `xtl registry verify [--fix]` (modules, index, links, leftovers)
+    exports                      `xtl registry export`: marked folders, records of running exports
     convert                      registry module <-> peft / adapters folder
     registry                     read / write / lock; stubs completed through a `remote.Remote`
-    index, weights, interop      index.json cache; safetensors; the peft / adapters formats
-    card                         model cards
-    layout                       file names, safe names, version order
+    index, weights, interop      index.json cache; safetensors (and the pickle refusal); the formats
+    card                         model cards (every quoted value escaped for where it lands)
+    layout                       file names, safe names, symlink checks, version order
     manifest                     what a module is
-    hub, remote                  Hub transport (huggingface_hub only); the seam the registry uses
+    hub, remote                  Hub transport (huggingface_hub only, size-capped); the registry's seam
+    files                        large files moved in by hash, with the user's umask
     adapters_xtl.io, .errors
 
 The registry never imports the Hub: this package installs the Hub transport as the default

@@ -4,13 +4,22 @@ A card is YAML front matter (library, base model, tags, languages, `model-index`
 per language and metric) followed by a Markdown body: what the module is, where it came from,
 its scores per language and how to load it. It is rendered from the manifest alone, so the same
 module always gets the same card.
+
+Every value from the manifest is quoted for the place it lands in, since a hand-edited manifest or
+an imported module can carry any text (quotes, backslashes, newlines, backticks, Markdown): Python
+snippets get string literals (`_py`), shell snippets `shlex.quote`, code spans a fence longer than
+any backtick run in the value, prose and table cells Markdown escapes, and the YAML front matter
+one-line strings that `yaml.safe_dump` quotes. No value can end a code block, start a Markdown
+line or add front-matter keys.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import re
+import shlex
 from typing import Any
 
 import yaml
@@ -46,6 +55,61 @@ AGGREGATE_KEYS = {"avg", "average", "mean", "all", "overall", "total"}
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 _LANG = re.compile(r"^[a-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
+# line breaks and other control characters (Unicode line/paragraph separators included)
+_BREAKS = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]+")
+_PLAIN = re.compile(r"^[A-Za-z0-9 .,:/@=+-]*$")  # needs no Markdown escape
+_LONE_UNDERSCORE = re.compile(r"(^|[^A-Za-z0-9])_|_([^A-Za-z0-9]|$)")  # could open or close emphasis
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#!|~&$])")
+
+
+def _oneline(value: Any) -> str:
+    """A value as one line of text (JSON for non-strings); control characters become spaces."""
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return _BREAKS.sub(" ", text)
+
+
+def _text(value: Any) -> str:
+    """Markdown prose/table text that shows `value` literally (no links, emphasis, HTML or new lines)."""
+    text = _oneline(value)
+    plain = _PLAIN.match(text.replace("_", "")) and not _LONE_UNDERSCORE.search(text)  # mnli_lora stays as is
+    return text if plain else _MD_SPECIAL.sub(r"\\\1", text)
+
+
+def _span(value: Any, table: bool = False) -> str:
+    """A Markdown code span showing `value` literally, whatever backticks it holds."""
+    text = _oneline(value)
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or (text[:1] == " " and text[-1:] == " ") else ""
+    out = f"{fence}{pad}{text}{pad}{fence}"
+    return out.replace("|", "\\|") if table else out  # GFM tables split at | even inside code spans
+
+
+def _py(value: Any) -> str:
+    """A Python string literal for `value` (double quotes where they round-trip, else repr)."""
+    text = str(value)
+    literal = json.dumps(text, ensure_ascii=False)
+    try:
+        if ast.literal_eval(literal) == text:
+            return literal
+    except (ValueError, SyntaxError):
+        pass
+    return repr(text)
+
+
+def _sh(value: Any) -> str:
+    """One shell word for `value` (quoted when it is not a plain word)."""
+    return shlex.quote(_oneline(value))
+
+
+def _clean_meta(value: Any) -> Any:
+    """Front-matter values with every string on one line (so no value can close the front matter)."""
+    if isinstance(value, str):
+        return _oneline(value)
+    if isinstance(value, dict):
+        return {_oneline(k) if isinstance(k, str) else k: _clean_meta(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean_meta(v) for v in value]
+    return value
 
 
 def base_model(model_id: str) -> str | None:
@@ -108,16 +172,20 @@ def front_matter(manifest: Manifest) -> dict[str, Any]:
             )
     if results:
         meta["model-index"] = [{"name": manifest.name, "results": results}]
-    return meta
+    datasets = [d for d in sorted(manifest.data_revisions) if _REPO_ID.match(d) and "/" in d]
+    if datasets:
+        meta["datasets"] = datasets
+    return _clean_meta(meta)
 
 
 def _cell(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
-    return text.replace("|", "\\|").replace("\n", " ")
+    """A table cell's plain text."""
+    return _text(value)
 
 
 def _code(value: Any) -> str:
-    return f"`{_cell(value)}`" if value not in (None, "", {}, []) else "—"
+    """A table cell's code span (— when empty)."""
+    return _span(value, table=True) if value not in (None, "", {}, []) else "—"
 
 
 def _provenance(m: Manifest) -> list[str]:
@@ -129,7 +197,7 @@ def _provenance(m: Manifest) -> list[str]:
         ("method config", _code(m.method_config)),
         ("head", _code(m.head)),
         ("composition", _code(m.composition)),
-        ("backbone", f"`{_cell(bb.model_id)}`" + (f" ({based})" if (based := BASE_MODELS.get(bb.model_id)) else "")),
+        ("backbone", _code(bb.model_id) + (f" ({based})" if (based := BASE_MODELS.get(bb.model_id)) else "")),
         ("backbone weights sha256", _code(bb.weights_sha256)),
         ("quantization", _code(bb.quantization)),
         ("languages trained", _cell(", ".join(m.languages_trained)) or "—"),
@@ -141,6 +209,7 @@ def _provenance(m: Manifest) -> list[str]:
         ("reuse key", _code(m.reuse_key())),
         ("created", _cell(m.created_at)),
         ("library versions", _cell(", ".join(f"{k} {v}" for k, v in sorted(m.library_versions.items()))) or "—"),
+        ("data revisions", _code(", ".join(f"{k}@{v}" for k, v in sorted(m.data_revisions.items())))),
     ]
     if m.hub:
         rows.append(("hub", _code(m.hub)))
@@ -164,17 +233,19 @@ def _scores_table(m: Manifest) -> list[str]:
 def render_card(manifest: Manifest) -> str:
     """README.md for one module version: Hub front matter + a human-readable body."""
     m = manifest
-    meta = yaml.safe_dump(front_matter(m), sort_keys=False, allow_unicode=True, default_flow_style=False)
+    # width: one line per value (no folding), so no line of a value starts at column 0
+    meta = yaml.safe_dump(front_matter(m), sort_keys=False, allow_unicode=True, default_flow_style=False,
+                          width=10**9)
     bb = m.backbone
     trained = ", ".join(m.languages_trained) or "en"
     body = [
-        f"# {m.name} (version {m.version})",
+        f"# {_text(m.name)} (version {_text(m.version)})",
         "",
         GENERATED_MARKER,
         "",
-        f"A **{m.method}** task module for the **{m.task}** task ({m.format}), trained with "
-        f"`adapters_xtl` on the frozen `{bb.model_id}` backbone "
-        f"(quantization `{bb.quantization}`) on {trained} data. It holds only the module's weights "
+        f"A **{_text(m.method)}** task module for the **{_text(m.task)}** task ({_text(m.format)}), trained with "
+        f"`adapters_xtl` on the frozen {_span(bb.model_id)} backbone "
+        f"(quantization {_span(bb.quantization)}) on {_text(trained)} data. It holds only the module's weights "
         "and task head; the backbone is not included and stays frozen.",
         "",
         "In adapters_xtl (parameter-efficient X-STILTs) such a module is either an intermediate-task "
@@ -183,7 +254,7 @@ def render_card(manifest: Manifest) -> str:
         "scored per language on XTREME-style targets.",
     ]
     if m.composition:
-        body += ["", f"It was trained inside the composition `{_cell(m.composition)}`."]
+        body += ["", f"It was trained inside the composition {_span(m.composition)}."]
     imported = (m.model_extra or {}).get("imported")
     if isinstance(imported, dict):
         src = imported.get("source") or {}
@@ -192,7 +263,7 @@ def render_card(manifest: Manifest) -> str:
             where += f"@{src['revision']}"
         body += [
             "",
-            f"It was **imported** from a {_cell(imported.get('library'))} adapter (`{_cell(where)}`), not trained "
+            f"It was **imported** from a {_text(imported.get('library'))} adapter ({_span(where)}), not trained "
             "by adapters_xtl: training steps, seed and data are unknown"
             + ("." if m.head else ", and it has **no task head**: use it for retrieval, or train a head on "
                "top with `xtl train --init-from`."),
@@ -214,8 +285,8 @@ def render_card(manifest: Manifest) -> str:
         "With the `xtl` command line (the backbone is loaded and checked against the fingerprint above):",
         "",
         "```bash",
-        f"xtl registry show {m.name}",
-        f"xtl eval --module {m.name} ...",
+        f"xtl registry show {_sh(m.name)}",
+        f"xtl eval --module {_sh(m.name)} ...",
         "```",
         "",
         "From Python:",
@@ -223,7 +294,7 @@ def render_card(manifest: Manifest) -> str:
         "```python",
         "from adapters_xtl.store.registry import Registry",
         "",
-        f'manifest, tensors = Registry().load("{m.name}", "{m.version}")',
+        f"manifest, tensors = Registry().load({_py(m.name)}, {_py(m.version)})",
         "```",
         "",
         "Loading verifies the sha256 of every file and refuses a backbone whose fingerprint differs "
@@ -249,11 +320,11 @@ def _library_usage(m: Manifest) -> list[str]:
         rev = hub.get("revision")
         pinned = f"{repo}@{rev}" if rev else repo
         lines += [
-            f"From the Hub (`{_cell(repo)}`), into a local registry (the commit is pinned in the manifest):",
+            f"From the Hub ({_span(repo)}), into a local registry (the commit is pinned in the manifest):",
             "",
             "```bash",
-            f"xtl registry pull {pinned}",
-            f"xtl registry pull {repo} --lazy   # record it now, download the weights on first use",
+            f"xtl registry pull {_sh(pinned)}",
+            f"xtl registry pull {_sh(repo)} --lazy   # record it now, download the weights on first use",
             "```",
             "",
         ]
@@ -265,15 +336,16 @@ def _library_usage(m: Manifest) -> list[str]:
     lines += [
         f"### With {fmt} alone",
         "",
-        f"`xtl registry export {m.name} --format {fmt} {folder}` writes a folder {fmt} loads directly"
+        f"{_span(f'xtl registry export {_sh(m.name)} --format {fmt} {_sh(folder)}')} writes a folder {fmt} loads "
+        "directly"
         + (f"; this repo holds it in `{fmt}/`" if repo else "") + f". {head_note}",
         "",
         "```python",
     ]
-    load_base = f'model = XLMRobertaModel.from_pretrained("{_cell(base)}", add_pooling_layer=False)'
+    load_base = f"model = XLMRobertaModel.from_pretrained({_py(base)}, add_pooling_layer=False)"
     if fmt == "peft":
         lines += ["from peft import PeftModel", "from transformers import XLMRobertaModel", "", load_base]
-        where = f'"{_cell(repo)}", subfolder="peft"' if repo else f'"{folder}"'
+        where = f'{_py(repo)}, subfolder="peft"' if repo else _py(folder)
         lines += [f"model = PeftModel.from_pretrained(model, {where})"]
     else:
         lines += ["import adapters"]
@@ -281,13 +353,13 @@ def _library_usage(m: Manifest) -> list[str]:
             lines += ["from huggingface_hub import snapshot_download"]
         lines += ["from transformers import XLMRobertaModel", "", load_base, "adapters.init(model)"]
         if repo:
-            lines += [f'folder = snapshot_download("{_cell(repo)}", allow_patterns=["adapters/*"]) + "/adapters"']
+            lines += [f'folder = snapshot_download({_py(repo)}, allow_patterns=["adapters/*"]) + "/adapters"']
         else:
-            lines += [f'folder = "{folder}"']
+            lines += [f"folder = {_py(folder)}"]
         lines += ["name = model.load_adapter(folder, use_safetensors=True)", "model.set_active_adapters(name)"]
     lines += ["```", ""]
     if m.backbone.model_id == "xlmr-e5-small":
-        lines += [f"(`{base}` is the float original of the rounded backbone; see the note above.)", ""]
+        lines += [f"({_span(base)} is the float original of the rounded backbone; see the note above.)", ""]
     return lines
 
 

@@ -8,6 +8,12 @@ huggingface_hub / network errors become one `XtlError` that says what to do (`hu
 
 The endpoint is `HF_ENDPOINT` (read at call time) or huggingface_hub's default; the token is the
 usual one (`hf auth login`, or `HF_TOKEN`).
+
+Downloads are streamed to files by `hf_hub_download` (never held in memory here) and capped per
+file: a file the Hub says is larger than the limit is not downloaded at all, and one that turns
+out larger on disk is refused. The limit is `max_bytes`, else `$XTL_HUB_MAX_FILE_SIZE` (`500MB`,
+`2GiB`, or bytes), else `DEFAULT_MAX_FILE_BYTES`; task modules are megabytes, so the default only
+stops what is not a module (or a server sending endless data).
 """
 
 from __future__ import annotations
@@ -29,10 +35,16 @@ SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 REVISION_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/-]{0,127}$")
 PATH_PART_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 DEFAULT_REVISION = "main"
+MAX_FILE_SIZE_ENV = "XTL_HUB_MAX_FILE_SIZE"
+DEFAULT_MAX_FILE_BYTES = 2 * 1024**3  # 2 GiB: far above any task module, far below a disk
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*$")
 
-__all__ = ["DEFAULT_REVISION", "REPO_ID_RE", "REVISION_RE", "SHA_RE", "api", "check_pin", "check_repo_id",
-           "check_repo_path", "check_revision", "check_sha", "download_files", "endpoint_url", "hub_errors",
-           "looks_like_repo_spec", "parse_repo_spec", "resolve", "upload_folder", "user_name"]
+__all__ = ["DEFAULT_MAX_FILE_BYTES", "DEFAULT_REVISION", "MAX_FILE_SIZE_ENV", "REPO_ID_RE", "REVISION_RE", "SHA_RE",
+           "api", "check_pin", "check_repo_id", "check_repo_path", "check_revision", "check_sha", "download_files",
+           "endpoint_url", "format_size", "hub_errors", "looks_like_repo_spec", "max_file_bytes", "parse_repo_spec",
+           "parse_size", "resolve", "upload_folder", "user_name"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,6 +113,41 @@ def looks_like_repo_spec(spec: str) -> bool:
         return True
     except XtlError:
         return False
+
+
+def parse_size(value: Any, where: str = "--max-file-size") -> int:
+    """A size like `500MB`, `2GiB`, `1.5G` or `123456` (bytes) as a positive number of bytes."""
+    m = _SIZE_RE.match(str(value)) if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+    unit = m.group(2).lower() if m else ""
+    if m is None or unit not in _UNITS or float(m.group(1)) * _UNITS[unit] < 1:
+        raise XtlError(f"invalid size {value!r}", where=where,
+                       fix="give a positive size in bytes or with a unit: 500MB, 2GB, 4GiB")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def format_size(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def max_file_bytes(max_bytes: int | str | None = None) -> int:
+    """The per-file download limit: `max_bytes`, else $XTL_HUB_MAX_FILE_SIZE, else the default."""
+    if max_bytes is not None:
+        return parse_size(max_bytes)
+    env = os.environ.get(MAX_FILE_SIZE_ENV, "").strip()
+    return parse_size(env, where=f"${MAX_FILE_SIZE_ENV}") if env else DEFAULT_MAX_FILE_BYTES
+
+
+def _check_size(fn: str, size: int | None, limit: int, what: str) -> None:
+    if size is not None and size > limit:
+        raise XtlError(
+            f"{fn} in {what} is {format_size(size)} ({size} bytes), over the download limit of "
+            f"{format_size(limit)}", where=what,
+            fix=f"if you trust this repo, raise the limit with --max-file-size (e.g. --max-file-size "
+            f"{format_size(size * 2).replace(' ', '')}) or ${MAX_FILE_SIZE_ENV}; a task module is normally "
+            "a few MB")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,23 +227,34 @@ def resolve(repo_id: str, revision: str | None = None, *, token: str | None = No
 
 
 def download_files(repo_id: str, revision: str, filenames: list[str], dest: Path, *, token: str | None = None,
-                   endpoint: str | None = None) -> dict[str, Path]:
-    """Download files of one pinned revision into `dest` (hf_hub_download); name -> local path."""
-    from huggingface_hub import hf_hub_download
+                   endpoint: str | None = None, max_bytes: int | str | None = None) -> dict[str, Path]:
+    """Download files of one pinned revision into `dest`; name -> local path.
+
+    Each file is streamed to disk by `hf_hub_download`. Its size is asked first (the same HEAD
+    request huggingface_hub makes) and a file over `max_file_bytes(max_bytes)` is refused before
+    any of it is fetched; the size on disk is checked again afterwards.
+    """
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 
     repo_id = check_repo_id(repo_id)
     revision = check_revision(revision)
+    limit = max_file_bytes(max_bytes)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    what = f"{repo_id}@{revision[:12]}"
     out: dict[str, Path] = {}
     for fn in filenames:
         check_repo_path(fn)
+        url = hf_hub_url(repo_id, fn, revision=revision, repo_type="model", endpoint=endpoint_url(endpoint))
         with hub_errors(f"download {fn} from", repo_id, revision[:12]):
+            meta = get_hf_file_metadata(url, token=token or None, endpoint=endpoint_url(endpoint))
+            _check_size(fn, meta.size, limit, what)
             path = hf_hub_download(repo_id=repo_id, filename=fn, revision=revision, repo_type="model",
                                    local_dir=str(dest), token=token or None, endpoint=endpoint_url(endpoint))
         path = Path(path).resolve()
         if dest.resolve() not in path.parents:  # belt and braces: names are validated above
             raise XtlError(f"download of {fn!r} landed outside {dest}", where=repo_id)
+        _check_size(fn, path.stat().st_size, limit, what)
         out[fn] = path
     return out
 

@@ -11,7 +11,9 @@ Every part of the store (registry, index, verify, sharing) reads and writes the 
 
 so its file names, the rules for module names, versions and file names (nothing may be read or
 written outside the root, whatever a manifest or a Hub repo says) and the order of versions live
-here, once.
+here, once. Names alone do not keep a path inside the root: a module folder, version folder or
+file may be a symbolic link. Links that resolve inside the root are followed; one that leaves it
+is refused (`check_inside`), so a link cannot make the registry read or rewrite files elsewhere.
 """
 
 from __future__ import annotations
@@ -43,8 +45,9 @@ RESERVED_NAMES = {INDEX.lower(), README.lower()}  # files that live in the root
 RESERVED_FILES = {MANIFEST, WEIGHTS, README}
 
 __all__ = ["FILE_RE", "INDEX", "LOCK", "MANIFEST", "NAME_RE", "OWNER", "README", "RESERVED_FILES", "RESERVED_NAMES",
-           "SHA256_RE", "TMP_PREFIX", "VERSION_RE", "WEIGHTS", "check_file_name", "check_name", "check_version",
-           "is_stub", "is_valid_name", "is_valid_version", "read_owner", "sha256_file", "version_key", "write_owner"]
+           "SHA256_RE", "TMP_PREFIX", "VERSION_RE", "WEIGHTS", "check_file_name", "check_inside", "check_name",
+           "check_version", "is_stub", "is_valid_name", "is_valid_version", "outside_link", "read_owner",
+           "sha256_file", "version_key", "write_owner"]
 
 
 def check_name(name: Any) -> str:
@@ -86,6 +89,47 @@ def check_file_name(fn: Any, where: str) -> str:
             fix="use a plain file name (letters, digits, '.', '_', '-'; no folders, no '..')",
         )
     return fn
+
+
+def outside_link(root: Path, path: Path) -> tuple[Path, str] | None:
+    """The first symbolic link between `root` and `path` that resolves outside `root`, and its target.
+
+    `path` is a path built under `root` (`root / name / version / file`); the root itself may be
+    a link (a registry on another disk). None when every link on the way stays inside the root.
+    """
+    root = Path(root)
+    try:
+        rel = Path(path).relative_to(root)
+    except ValueError:
+        return Path(path), str(path)
+    real_root = root.resolve()
+    cur = root
+    for part in rel.parts:
+        cur = cur / part
+        if not cur.is_symlink():
+            continue
+        try:
+            target = cur.resolve(strict=False)
+        except (OSError, RuntimeError):  # a link loop
+            return cur, f"{os.readlink(cur)} (a link loop)"
+        if target != real_root and real_root not in target.parents:
+            return cur, str(target)
+    return None
+
+
+def check_inside(root: Path, path: Path) -> Path:
+    """`path`, or an XtlError when a symbolic link on the way to it leaves the registry root."""
+    bad = outside_link(root, path)
+    if bad is not None:
+        link, target = bad
+        raise XtlError(
+            f"{link} is a symbolic link to {target}, outside the registry {root}; the registry reads and "
+            "writes only inside its root",
+            where=str(link),
+            fix="replace the link with a copy of what it points to (`cp -rL`), or point --registry / "
+            "$XTL_REGISTRY at the registry that holds the module; `xtl registry verify` lists such links",
+        )
+    return Path(path)
 
 
 def is_valid_name(folder: str) -> bool:

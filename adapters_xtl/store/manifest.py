@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,10 @@ from ..errors import XtlError
 
 MANIFEST = "manifest.json"
 
-__all__ = ["MANIFEST", "BackboneFingerprint", "Manifest", "config_hash", "library_versions", "read_manifest"]
+log = logging.getLogger(__name__)
+
+__all__ = ["MANIFEST", "BackboneFingerprint", "Manifest", "check_backbone", "check_scores", "config_hash",
+           "library_versions", "read_manifest"]
 
 
 class BackboneFingerprint(BaseModel):
@@ -75,6 +80,9 @@ class Manifest(BaseModel):
     )
     files: dict[str, str] = Field(default_factory=dict)  # file name -> sha256
     hub: dict[str, Any] | None = None  # repo_id, revision once pushed/pulled
+    # dataset id -> the revision (commit) it resolved to when the module was trained; empty for
+    # local files and for manifests written before this field existed
+    data_revisions: dict[str, str] = Field(default_factory=dict)
 
     def reuse_key(self) -> str:
         """Hash of what makes two modules interchangeable (not scores, dates or files)."""
@@ -89,6 +97,43 @@ class Manifest(BaseModel):
                 "seed": self.seed,
             }
         )
+
+
+def check_backbone(m: Manifest, expect: "BackboneFingerprint | Mapping[str, Any]", *, allow_mismatch: bool,
+                   where: str) -> None:
+    """Refuse (or, when allowed, warn about) a module trained on another backbone than `expect`."""
+    if isinstance(expect, Mapping):
+        expect = BackboneFingerprint.model_validate(expect)
+    diffs = m.backbone.differences(expect)
+    if not diffs:
+        return
+    msg = (f"module {m.name!r} version {m.version} was trained on backbone {m.backbone.short()}, "
+           f"but this run uses {expect.short()}; differs in " + "; ".join(diffs) + " (module's != this run's)")
+    if not allow_mismatch:
+        raise XtlError(msg, where=where,
+                       fix="retrain the module on this backbone (or pick one registered for it: `xtl registry "
+                       "list`), or load it anyway with --allow-backbone-mismatch "
+                       "(allow_backbone_mismatch=True); its recorded scores will not carry over")
+    log.warning("loading despite backbone mismatch: %s", msg)
+
+
+def check_scores(scores: Any, where: str = "Registry.update_scores(scores=...)") -> dict[str, dict[str, float]]:
+    """`scores` as language -> metric -> float, or an XtlError naming the first bad entry."""
+    example = "e.g. {'de': {'accuracy': 0.71}}"
+    if not isinstance(scores, Mapping):
+        raise XtlError(f"scores must be a dict language -> metric -> value, got {type(scores).__name__}",
+                       where=where, fix=example)
+    clean: dict[str, dict[str, float]] = {}
+    for lang, per_metric in scores.items():
+        if not isinstance(lang, str) or not isinstance(per_metric, Mapping):
+            raise XtlError(f"scores[{lang!r}] must map metric names to numbers", where=where, fix=example)
+        for metric, value in per_metric.items():
+            try:
+                clean.setdefault(lang, {})[str(metric)] = float(value)
+            except (TypeError, ValueError):
+                raise XtlError(f"scores[{lang!r}][{metric!r}] = {value!r} is not a number", where=where,
+                               fix="pass floats") from None
+    return clean
 
 
 def config_hash(obj: Any, n: int = 16) -> str:

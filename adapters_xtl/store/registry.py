@@ -14,12 +14,13 @@ Guarantees:
 - Loading verifies the sha256 of every file listed in the manifest and refuses a module whose
   backbone fingerprint differs from the one a run uses, unless explicitly allowed.
 - Weights are safetensors only: nothing is ever unpickled.
-- Names and versions are validated so that nothing is read or written outside the root.
+- Names and versions are validated, and symbolic links that leave the root are refused
+  (`layout.check_inside`), so that nothing is read or written outside the root.
 - A version pulled from the Hub with `--lazy` is a *stub*: manifest.json + README.md, with
   `hub: {repo_id, revision, lazy: true}` and the sha256 of the files still on the Hub. `load`
   (or `materialize`) fetches them from that pinned commit through a `Remote` (the registry never
-  imports the Hub; `adapters_xtl.store` installs it), checks each hash, moves them in atomically
-  and drops `lazy`.
+  imports the Hub; `adapters_xtl.store` installs it) to disk, checks each hash in chunks, moves
+  them in atomically with the user's permissions and drops `lazy`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -42,10 +43,11 @@ from ..io import atomic_write_bytes, atomic_write_text
 from . import index as _index
 from . import weights as _weights
 from .card import GENERATED_MARKER, render_card
+from .files import move_verified, sha256_stream
 from .layout import (INDEX, LOCK, MANIFEST, OWNER, README, RESERVED_FILES, SHA256_RE, TMP_PREFIX, WEIGHTS,
-                     check_file_name, check_name, check_version, is_stub, is_valid_name, is_valid_version,
-                     sha256_file, version_key, write_owner)
-from .manifest import BackboneFingerprint, Manifest, config_hash, read_manifest
+                     check_file_name, check_inside, check_name, check_version, is_stub, is_valid_name,
+                     is_valid_version, outside_link, sha256_file, version_key, write_owner)
+from .manifest import BackboneFingerprint, Manifest, check_backbone, check_scores, config_hash, read_manifest
 from .remote import Remote, default_remote
 
 log = logging.getLogger(__name__)
@@ -85,12 +87,17 @@ class Registry:
         """Folder of one module version (latest when `version` is None); it must exist."""
         name = check_name(name)
         version = self._resolve_version(name, version)
-        return self.root / name / version
+        return self._inside(self.root / name / version)
+
+    def _inside(self, path: Path) -> Path:
+        """`path`, refused when a symbolic link on the way leaves the root (see `layout.check_inside`)."""
+        return check_inside(self.root, path)
 
     @contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the writers' lock (re-entrant within this Registry object)."""
         self.root.mkdir(parents=True, exist_ok=True)
+        self._inside(self.root / LOCK)
         if self._lock_obj is None:
             self._lock_obj = filelock.FileLock(str(self.root / LOCK), timeout=LOCK_TIMEOUT_S)
         try:
@@ -164,7 +171,7 @@ class Registry:
         """The manifest of one version (latest when None)."""
         name = check_name(name)
         version = self._resolve_version(name, version)
-        path = self.root / name / version / MANIFEST
+        path = self._inside(self.root / name / version / MANIFEST)
         m = read_manifest(path)
         if m.name != name or m.version != version:
             raise XtlError(
@@ -187,22 +194,8 @@ class Registry:
         m = self.manifest(name, version)
         vdir = self.root / m.name / m.version
         if expect_backbone is not None:
-            if isinstance(expect_backbone, Mapping):
-                expect_backbone = BackboneFingerprint.model_validate(expect_backbone)
-            diffs = m.backbone.differences(expect_backbone)
-            if diffs:
-                msg = (f"module {m.name!r} version {m.version} was trained on backbone {m.backbone.short()}, "
-                       f"but this run uses {expect_backbone.short()}; differs in "
-                       + "; ".join(diffs) + " (module's != this run's)")
-                if not allow_backbone_mismatch:
-                    raise XtlError(
-                        msg,
-                        where=f"{vdir / MANIFEST}: backbone",
-                        fix="retrain the module on this backbone (or pick one registered for it: `xtl registry "
-                        "list`), or load it anyway with --allow-backbone-mismatch "
-                        "(allow_backbone_mismatch=True); its recorded scores will not carry over",
-                    )
-                log.warning("loading despite backbone mismatch: %s", msg)
+            check_backbone(m, expect_backbone, allow_mismatch=allow_backbone_mismatch,
+                           where=f"{vdir / MANIFEST}: backbone")
         if WEIGHTS not in m.files:
             raise XtlError(
                 f"{MANIFEST} lists no sha256 for {WEIGHTS}, so the weights cannot be verified",
@@ -220,7 +213,7 @@ class Registry:
 
     def _read_verified(self, vdir: Path, fn: str, expected: str) -> bytes:
         check_file_name(fn, where=f"{vdir / MANIFEST}: files")
-        path = vdir / fn
+        path = self._inside(vdir / fn)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
@@ -243,6 +236,9 @@ class Registry:
             for version in self._version_dirs(name):
                 path = self.root / name / version / MANIFEST
                 if not path.is_file():
+                    continue
+                if (bad := outside_link(self.root, path)) is not None:
+                    log.warning("skipping %s: a symbolic link to %s, outside the registry", *bad)
                     continue
                 try:
                     m = read_manifest(path)
@@ -283,7 +279,7 @@ class Registry:
         `composition` is compared exactly (None matches only modules trained alone); `steps` and
         `seed` match anything when None. Newest = latest `created_at`, then highest version.
         """
-        if isinstance(backbone, Mapping):
+        if not isinstance(backbone, BackboneFingerprint):
             backbone = BackboneFingerprint.model_validate(backbone)
         want_cfg = config_hash(method_config or {})
         want_comp = config_hash(composition) if composition else None
@@ -347,6 +343,7 @@ class Registry:
         """
         name = manifest.name
         with self.lock():
+            self._inside(self.root / name)  # a module folder linked elsewhere would take the version
             if version is None:
                 final_version = self._next_version(name)
             else:
@@ -415,20 +412,7 @@ class Registry:
 
     def update_scores(self, name: str, version: str | int | None, scores: dict[str, dict[str, float]]) -> Manifest:
         """Merge `scores` (language -> metric -> value) into a version's manifest and card."""
-        clean: dict[str, dict[str, float]] = {}
-        if not isinstance(scores, Mapping):
-            raise XtlError(f"scores must be a dict language -> metric -> value, got {type(scores).__name__}",
-                           where="Registry.update_scores(scores=...)", fix="e.g. {'de': {'accuracy': 0.71}}")
-        for lang, per_metric in scores.items():
-            if not isinstance(lang, str) or not isinstance(per_metric, Mapping):
-                raise XtlError(f"scores[{lang!r}] must map metric names to numbers",
-                               where="Registry.update_scores(scores=...)", fix="e.g. {'de': {'accuracy': 0.71}}")
-            for metric, value in per_metric.items():
-                try:
-                    clean.setdefault(lang, {})[str(metric)] = float(value)
-                except (TypeError, ValueError):
-                    raise XtlError(f"scores[{lang!r}][{metric!r}] = {value!r} is not a number",
-                                   where="Registry.update_scores(scores=...)", fix="pass floats") from None
+        clean = check_scores(scores)
         name = check_name(name)
         with self.lock():
             m = self.manifest(name, version)
@@ -439,9 +423,9 @@ class Registry:
 
     def _replace_manifest(self, m: Manifest) -> Manifest:
         """Under the lock: re-render a generated card for `m`, then replace manifest.json atomically."""
-        vdir = self.root / m.name / m.version
+        vdir = self._inside(self.root / m.name / m.version)
         files = dict(m.files)
-        readme_path = vdir / README
+        readme_path = self._inside(vdir / README)
         try:
             old_card = readme_path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
@@ -471,6 +455,7 @@ class Registry:
                     )
                 removed = [version]
                 src = self.root / name / version
+            self._inside(src)
             trash = self.root / f"{TMP_PREFIX}{uuid.uuid4().hex}"
             os.rename(src, trash)  # atomic: readers see the version or nothing
             if version is not None:
@@ -495,7 +480,7 @@ class Registry:
 
     def missing_files(self, manifest: Manifest) -> list[str]:
         """Files the manifest lists that are not (yet) in the version folder."""
-        vdir = self.root / check_name(manifest.name) / check_version(manifest.version)
+        vdir = self._inside(self.root / check_name(manifest.name) / check_version(manifest.version))
         return [fn for fn in manifest.files
                 if not (vdir / check_file_name(fn, where=f"{vdir / MANIFEST}: files")).is_file()]
 
@@ -550,11 +535,14 @@ class Registry:
         *,
         token: str | None = None,
         endpoint: str | None = None,
+        max_bytes: int | None = None,
     ) -> Manifest:
         """Download the missing files of a stub from its pinned revision; a no-op otherwise.
 
-        Every file is checked against the sha256 in the manifest before it is moved in (one
-        atomic replace each, under the lock); the manifest then drops `hub.lazy`.
+        Files go to disk (a temp folder in the root), never whole into memory. Each is checked
+        against the sha256 in the manifest before it is moved in (one atomic rename each, under
+        the lock); the manifest then drops `hub.lazy`. `max_bytes` caps each file's size (the
+        transport's default when None: see `store.hub.max_file_bytes`).
         """
         m = self.manifest(name, version)
         if not is_stub(m):
@@ -563,15 +551,15 @@ class Registry:
         missing = self.missing_files(m)
         tmp = self._draft()
         try:
-            data: dict[str, bytes] = {}
+            got: dict[str, Path] = {}
             if missing:
                 repo_id, revision = self.remote.check_pin(m.hub["repo_id"], m.hub["revision"])
                 log.info("fetching %s from %s@%s", ", ".join(missing), repo_id, revision)
+                limit = {} if max_bytes is None else {"max_bytes": max_bytes}
                 got = self.remote.download(repo_id, revision, missing, tmp / "download", token=token,
-                                           endpoint=endpoint)
+                                           endpoint=endpoint, **limit)
                 for fn in missing:
-                    data[fn] = got[fn].read_bytes()
-                    actual = hashlib.sha256(data[fn]).hexdigest()
+                    actual, _ = sha256_stream(got[fn])
                     if actual != m.files[fn]:
                         raise XtlError(
                             f"sha256 mismatch for {fn} from {repo_id}@{revision[:12]}: got "
@@ -587,8 +575,8 @@ class Registry:
                     if current.files.get(fn) != m.files[fn]:
                         raise XtlError(f"{MANIFEST} changed while {fn} was downloading", where=str(vdir / MANIFEST),
                                        fix="run the command again")
-                    if not (vdir / fn).is_file():
-                        atomic_write_bytes(vdir / fn, data[fn])  # the user's permissions, not the download's
+                    if not (vdir / fn).is_file():  # renamed in with the user's permissions, not the download's
+                        move_verified(got[fn], self._inside(vdir / fn), m.files[fn], where=str(vdir / MANIFEST))
                 if not is_stub(current):
                     return current
                 hub = {k: v for k, v in (current.hub or {}).items() if k != "lazy"}

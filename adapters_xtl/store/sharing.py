@@ -103,6 +103,7 @@ def pull(
     lazy: bool = False,
     token: str | None = None,
     endpoint: str | None = None,
+    max_bytes: int | str | None = None,
 ) -> Manifest:
     """Register a module pushed by `push` from `org/name[@revision]`; return its manifest.
 
@@ -110,7 +111,9 @@ def pull(
     that commit. The module is registered as `name` (default: the pushed name) and version
     `hub-<sha[:12]>` (default), so pulling the same commit twice is a no-op. With `lazy`, only
     manifest.json and README.md are fetched; the weights come on first `Registry.load`.
+    `max_bytes` caps each downloaded file (default: `hub.max_file_bytes`).
     """
+    limit = hub.max_file_bytes(max_bytes)  # a bad limit fails before any request
     repo_id, revision = hub.parse_repo_spec(spec)
     sha, siblings = hub.resolve(repo_id, revision, token=token, endpoint=endpoint)
     if MANIFEST not in siblings:
@@ -119,7 +122,7 @@ def pull(
                        fix="for a peft or adapters repo use `xtl registry import REPO_ID --task TASK`")
     tmp = Path(tempfile.mkdtemp(prefix="xtl-pull-"))
     try:
-        got = hub.download_files(repo_id, sha, [MANIFEST], tmp, token=token, endpoint=endpoint)
+        got = hub.download_files(repo_id, sha, [MANIFEST], tmp, token=token, endpoint=endpoint, max_bytes=limit)
         remote = read_manifest(got[MANIFEST])
         for fn in remote.files:
             check_file_name(fn, where=f"{repo_id}@{sha[:12]}/{MANIFEST}: files")
@@ -135,13 +138,15 @@ def pull(
             existing = registry.manifest(name, version)
             pinned = existing.hub or {}
             if pinned.get("repo_id") == repo_id and pinned.get("revision") == sha:
-                return existing if lazy else registry.materialize(name, version, token=token, endpoint=endpoint)
+                return existing if lazy else registry.materialize(name, version, token=token, endpoint=endpoint,
+                                                                  max_bytes=limit)
             raise XtlError(f"module {name!r} already has version {version!r} (from {pinned or 'elsewhere'})",
                            where=str(registry.root / name / version),
                            fix="pass --name or --version to register the pulled module under another name")
         card = None
         if README in remote.files:
-            got.update(hub.download_files(repo_id, sha, [README], tmp, token=token, endpoint=endpoint))
+            got.update(hub.download_files(repo_id, sha, [README], tmp, token=token, endpoint=endpoint,
+                                          max_bytes=limit))
             if sha256_file(got[README]) != remote.files[README]:
                 raise XtlError(f"sha256 mismatch for {README} in {repo_id}@{sha[:12]}", where=repo_id,
                                fix="push the module again")
@@ -155,11 +160,11 @@ def pull(
         shutil.rmtree(tmp, ignore_errors=True)
     if lazy:
         return m
-    return registry.materialize(m.name, m.version, token=token, endpoint=endpoint)
+    return registry.materialize(m.name, m.version, token=token, endpoint=endpoint, max_bytes=limit)
 
 
 def download_foreign(spec: str, dest: Path, *, subfolder: str | None = None, token: str | None = None,
-                     endpoint: str | None = None) -> tuple[Path, str, str]:
+                     endpoint: str | None = None, max_bytes: int | str | None = None) -> tuple[Path, str, str]:
     """Download a peft / adapters adapter from `org/name[@revision]` (pinned); (folder, repo_id, sha)."""
     repo_id, revision = hub.parse_repo_spec(spec)
     prefix = (hub.check_repo_path(subfolder.strip("/")) + "/") if subfolder else ""
@@ -179,7 +184,7 @@ def download_foreign(spec: str, dest: Path, *, subfolder: str | None = None, tok
         if prefix + safe in siblings:
             wanted.remove(pickled)
     files = [prefix + fn for fn in wanted if prefix + fn in siblings]
-    hub.download_files(repo_id, sha, files, dest, token=token, endpoint=endpoint)
+    hub.download_files(repo_id, sha, files, dest, token=token, endpoint=endpoint, max_bytes=max_bytes)
     return dest / prefix if prefix else dest, repo_id, sha
 
 
@@ -194,6 +199,7 @@ def import_module(
     subfolder: str | None = None,
     token: str | None = None,
     endpoint: str | None = None,
+    max_bytes: int | str | None = None,
 ) -> Manifest:
     """Register a peft / adapters module from a folder or a Hub repo `org/name[@revision]`.
 
@@ -211,9 +217,11 @@ def import_module(
     if not hub.looks_like_repo_spec(src):
         raise XtlError(f"{src!r} is neither an existing folder nor a Hub repo id (org/name[@revision])",
                        where="import source", fix="check the path, or pass a repo id like org/name")
+    max_bytes = hub.max_file_bytes(max_bytes)  # a bad limit fails before any request
     tmpdir = Path(tempfile.mkdtemp(prefix="xtl-import-"))
     try:
-        folder, repo_id, sha = download_foreign(src, tmpdir, subfolder=subfolder, token=token, endpoint=endpoint)
+        folder, repo_id, sha = download_foreign(src, tmpdir, subfolder=subfolder, token=token, endpoint=endpoint,
+                                                max_bytes=max_bytes)
         origin = {"repo_id": repo_id, "revision": sha, **({"subfolder": subfolder} if subfolder else {})}
         return import_folder(registry, folder, task=spec, backbone=backbone, name=name, include_head=include_head,
                              origin=origin)
