@@ -86,13 +86,26 @@ def write_predictions(path: Path, module: str, task: str, predictions: dict[str,
     return Path(path)
 
 
-def result_rows(module: str, task: str, scores: dict[str, dict[str, float]], **extra) -> list[dict]:
+def result_rows(module: str, task: str, scores: dict[str, dict[str, float]], *, intervals: dict | None = None,
+                **extra) -> list[dict]:
+    """One row per (language, metric); with `intervals` (formats/intervals.py) each score carries
+    its n and 95% bootstrap interval (`n`, `ci_low`, `ci_high`)."""
     ts = time.strftime("%Y-%m-%dT%H:%M:%S")
     return [
-        {"module": module, "task": task, "language": lang, "metric": metric, "score": round(float(v), 4), "time": ts, **extra}
+        {"module": module, "task": task, "language": lang, "metric": metric, "score": round(float(v), 4),
+         **_interval_fields((intervals or {}).get(lang, {}).get(metric)), "time": ts, **extra}
         for lang, ms in scores.items()
         for metric, v in ms.items()
     ]
+
+
+def _interval_fields(iv) -> dict:
+    import math
+
+    if iv is None:
+        return {}
+    r = (lambda v: round(float(v), 4) if math.isfinite(v) else None)
+    return {"n": int(iv.n), "ci_low": r(iv.low), "ci_high": r(iv.high)}
 
 
 def append_results(path: Path, rows: list[dict]) -> None:

@@ -14,6 +14,7 @@ from .backbone import Backbone
 from .data import load_examples
 from .errors import XtlError
 from .evaluation import append_results, evaluate, result_rows
+from .formats.intervals import score_intervals
 from .store.manifest import Manifest
 from .methods import get_method
 from .compose import Block, Continue, as_block
@@ -33,6 +34,7 @@ class TrainedModule:
     trainable_params: int = 0
     total_params: int = 0
     predictions: dict[str, list] = field(default_factory=dict)  # language -> per-example rows (statistics)
+    intervals: dict[str, dict[str, Any]] = field(default_factory=dict)  # language -> metric -> Interval
 
     @property
     def name(self) -> str:
@@ -108,6 +110,7 @@ def train_module(
         preds: dict[str, list] = {}
         scores = _timed_evaluate(backbone, method, model, spec, eval_languages, preds, data_dir=data_dir,
                                  limit=eval_limit)
+        intervals = score_intervals(spec, scores, preds)
         manifest = session.manifest(
             name=name, task=spec.name, format=spec.format, head=fmt.head_config(spec), trainable=trainable,
             recipe_hash=recipe_hash, steps=cfg.steps, seed=cfg.seed, train_examples=result.train_examples,
@@ -124,9 +127,9 @@ def train_module(
         write_predictions(predictions_path, f"{manifest.name}@{manifest.version}", spec.name, preds)
     if results_path:
         append_results(results_path, result_rows(f"{manifest.name}@{manifest.version}", spec.name, scores,
-                                                 method=method, seed=cfg.seed, steps=cfg.steps,
+                                                 intervals=intervals, method=method, seed=cfg.seed, steps=cfg.steps,
                                                  composition=block.kind, **_limit_field(eval_limit)))
-    return TrainedModule(manifest, result, scores, n_train, total, preds)
+    return TrainedModule(manifest, result, scores, n_train, total, preds, intervals)
 
 
 def _score_fields(scores: dict, limit: int | None) -> dict:
@@ -181,14 +184,14 @@ def evaluate_module(
             raise XtlError(f"task {spec.name!r} needs a trained module", where="--module",
                            fix="train one with `xtl train` first")
         model = TaskModel(backbone, spec)
-        preds: dict | None = {} if predictions_path else None
+        preds: dict = {}
         scores = evaluate(model, spec, languages, data_dir=data_dir, limit=limit, predictions=preds)
         label = f"backbone:{backbone.fingerprint.model_id}"
     else:
         with ModuleSession.saved_module(backbone, registry, module, allow_backbone_mismatch=allow_backbone_mismatch) as session:
             man = session.manifest_saved
             model = session.task_model(spec)
-            preds = {} if predictions_path else None
+            preds = {}
             scores = evaluate(model, spec, languages, data_dir=data_dir, limit=limit, predictions=preds)
         label = f"{man.name}@{man.version}"
         if update_registry and spec.name == man.task and limit is None:  # full evaluations only
@@ -198,6 +201,6 @@ def evaluate_module(
 
         write_predictions(predictions_path, label, spec.name, preds)
     if results_path:
-        append_results(results_path, result_rows(label, spec.name, scores, seconds=round(time.perf_counter() - t0, 2),
-                                                 **_limit_field(limit)))
+        append_results(results_path, result_rows(label, spec.name, scores, intervals=score_intervals(spec, scores, preds),
+                                                 seconds=round(time.perf_counter() - t0, 2), **_limit_field(limit)))
     return scores
