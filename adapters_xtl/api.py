@@ -183,16 +183,23 @@ def run(plan: "Plan | Recipe | str | Path", out: "str | Path | None" = None, *, 
     return executor.run(plan, out, registry=registry or Registry(), backbone=backbone, progress=progress)
 
 
-def report(run_dir: "str | Path", title: str | None = None) -> dict[str, Any]:
-    """Write report.md/report.csv (and figures) for a run folder; return the score tables."""
+def report(run_dir: "str | Path", title: str | None = None, *, correction: str = "holm",
+           alpha: float = 0.05) -> dict[str, Any]:
+    """Write report.md/report.csv (and figures) for a run folder; return the score tables.
+
+    Gains are tested with a paired bootstrap over the test examples the run kept
+    (`<run>/predictions/`) and marked significant after `correction` ("holm" or "bh") across
+    all gains of the report at level `alpha`."""
     from .evaluation import read_results
-    from .reporting import score_table, write_report
+    from .reporting import load_predictions, score_table, write_report
 
     run_dir = Path(run_dir)
     if not (run_dir / "results.jsonl").exists():
         raise XtlError(f"no results.jsonl in {run_dir}", where="run_dir", fix="pass the folder `xtl run` wrote")
-    path = write_report(run_dir, title) if title else write_report(run_dir)
-    return {"report": path, "tables": score_table(read_results(run_dir / "results.jsonl"))}
+    tables = score_table(read_results(run_dir / "results.jsonl"), load_predictions(run_dir), correction=correction,
+                         alpha=alpha)  # checks the options before anything is written
+    path = write_report(run_dir, title, correction=correction, alpha=alpha)
+    return {"report": path, "tables": tables}
 
 
 def study(name: str, **kwargs):

@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors become one clear message and exit code 2."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        app(args=argv, standalone_mode=False)
-        return 0
+        rc = app(args=argv, standalone_mode=False)  # click returns typer.Exit's code in this mode
+        return rc if isinstance(rc, int) and not isinstance(rc, bool) else 0
     except XtlError as e:
         Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {e}", highlight=False)
         return 2
