@@ -57,8 +57,52 @@ def test_hand_computed_spearman_with_ties():
     # ranks of y = [1, 3, 2, 2, 5] are [1, 4, 2.5, 2.5, 5]: r = 6.5 / sqrt(10 * 9.5)
     c = stats.correlate([1, 2, 3, 4, 5], [1, 3, 2, 2, 5])
     assert c.r == pytest.approx(6.5 / math.sqrt(95))
-    ranks = stats._rank_rows(np.array([[10.0, 20.0, 20.0, 5.0], [3.0, 3.0, 3.0, 1.0]]))
+    ranks = stats._ranks(np.array([[10.0, 20.0, 20.0, 5.0], [3.0, 3.0, 3.0, 1.0]]))  # row-wise, as resamples
     np.testing.assert_allclose(ranks, [[2, 3.5, 3.5, 1], [3, 3, 3, 1]])
+
+
+# What the hand-written numpy version of `correlate` (before scipy.stats, commit 55d2f14) returned
+# for these inputs with the default seed: (x, y, method) -> (r, ci_low, ci_high, p_perm, p_exact).
+OLD_RESULTS = [
+    ([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], [5.0, 6.5, 3.0, 4.0, 6.0, 2.0, 4.5, 1.0], "spearman",
+     (-0.5952380952380952, -1.0, 0.2328767123287671, 0.13957208558288342, False)),
+    ([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], [5.0, 6.5, 3.0, 4.0, 6.0, 2.0, 4.5, 1.0], "pearson",
+     (-0.5958540230683373, -0.9429976227631042, 0.0871960627918451, 0.1341731653669266, False)),
+    ([1, 2, 2, 3, 3, 3, 4, 5, 5, 6], [2, 1, 2, 4, 3, 3, 5, 5, 7, 6], "spearman",
+     (0.9346202568200738, 0.7251718742673359, 0.9901475429766743, 0.0003999200159968006, False)),
+    ([1, 2, 2, 3, 3, 3, 4, 5, 5, 6], [2, 1, 2, 4, 3, 3, 5, 5, 7, 6], "pearson",
+     (0.9039783574556964, 0.8464685292204116, 0.9759000984252145, 0.0003999200159968006, False)),
+    ([3.1, 1.2, 4.4, 2.0, 5.5, 0.3], [2.0, 1.0, 3.5, 3.0, 4.0, 1.5], "spearman",
+     (0.8857142857142857, 0.2, 1.0, 0.03333333333333333, True)),
+    ([3.1, 1.2, 4.4, 2.0, 5.5, 0.3], [2.0, 1.0, 3.5, 3.0, 4.0, 1.5], "pearson",
+     (0.8586775814821835, 0.41931393468876726, 0.9999286639954388, 0.03611111111111111, True)),
+]
+
+
+@pytest.mark.parametrize("x, y, method, old", OLD_RESULTS)
+def test_scipy_statistics_keep_the_old_results(x, y, method, old):
+    from scipy import stats as st
+
+    r, lo, hi, p, exact = old
+    c = stats.correlate(x, y, method=method)
+    assert c.r == pytest.approx(r, abs=1e-12)
+    assert c.r == pytest.approx((st.spearmanr if method == "spearman" else st.pearsonr)(x, y).statistic, abs=1e-12)
+    assert c.p_exact == exact
+    if exact:  # all n! orderings: the same p to the last digit
+        assert c.p_perm == pytest.approx(p, abs=1e-12) and c.n_perm == math.factorial(len(x))
+    else:  # Monte Carlo: equal within its error (scipy happens to draw the same permutations today)
+        assert abs(c.p_perm - p) <= 4 * math.sqrt(p * (1 - p) / 5000) + 1e-3
+    assert (c.ci_low, c.ci_high) == pytest.approx((lo, hi), abs=0.05)
+
+
+def test_permutation_p_agrees_with_the_t_test_p_of_pearson_on_normal_data():
+    from scipy import stats as st
+
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=40)
+    y = 0.35 * x + rng.normal(size=40)
+    c = stats.correlate(x, y, method="pearson", n_perm=20000)
+    assert c.p_perm == pytest.approx(st.pearsonr(x, y).pvalue, abs=0.01)
 
 
 def test_permutation_p_small_for_strong_and_large_for_independent_data():

@@ -6,7 +6,9 @@ default, averages every non-padding token including <s> and </s>; `cls` takes <s
 
 `retrieval_mode: pairs` (Tatoeba; the default). Two line-aligned files (`test` and
 `test_pivot` splits) or two columns (`text`, `text_pair`); each sentence's nearest neighbour by
-cosine on the other side must be its translation. Accuracy, averaged over xx->en and en->xx.
+cosine on the other side must be its translation. Accuracy, averaged over xx->en and en->xx,
+and each direction apart; XTREME's Tatoeba number is `accuracy_en2xx` (English queries, see
+metrics/xtreme.py).
 
 `retrieval_mode: mining` (BUCC 2018). Two *non-parallel* monolingual sides and a gold file; the
 task's splits are `S`, `S_pivot` and `S_gold` for the evaluated split S (`test`, else
@@ -17,14 +19,21 @@ task's splits are `S`, `S_pivot` and `S_gold` for the evaluated split S (`test`,
     {lang}-en.{split}.en       id<TAB>sentence     e.g. en-000000001<TAB>The cat ...
     {lang}-en.{split}.gold     id_xx<TAB>id_en     the true translation pairs
 
-Identical sentences on a side are embedded once and mined as one (XTREME's `text_load_unify`);
-a mined pair of texts then stands for every pair of their ids. Mining is LASER's / XTREME's
-`mine_bitext` (ratio margin over the k=4 nearest neighbours both ways, `retrieval=max`, greedy
-1-to-1, scores > 0; `metrics.mine_pairs`), and the score is `metrics.bucc_f1`: precision, recall
-and F1 at the F1-optimal threshold on the evaluated split itself. (XTREME's `run_retrieval.py`
-mines the dev split, BUCC's sample, before test and is meant to carry dev's best threshold over;
-a threshold chosen on the evaluated split is an upper bound on that for the same embeddings.) Sides too large for a dense similarity matrix are
-mined block-wise (`mine_blockwise`: same algorithm, top-k per block, float32 on the model's
+Identical sentences on a side are embedded once and mined as one text (XTREME's
+`text_load_unify`). A mined pair is then mapped back to ids as XTREME's `read_sent2id` /
+`read_candidate2score` (third_party/utils_retrieve.py) do: a sentence text that occurs on more
+than one line of its side has no id at all, so every candidate involving it is dropped, while the
+gold pairs naming those lines stay in the gold set (they count in recall and can never be found).
+Sentences are compared after stripping surrounding whitespace, as `read_sent2id` strips lines.
+Mining is LASER's / XTREME's `mine_bitext` (ratio margin over the k=4 nearest neighbours both
+ways, `retrieval=max`, greedy 1-to-1, scores > 0; `metrics.mine_pairs`), and the score is
+`metrics.bucc_f1`: precision, recall and F1 at the threshold that maximises F1 against the
+evaluated split's own gold pairs. That is what XTREME's code computes too: `run_retrieval.py`
+calls `bucc_eval` with the split's gold file for dev and for test alike, and `bucc_eval`
+re-optimises the threshold whenever a gold file is given (a passed threshold is used only
+without one), so the published test F1 is at the test-optimal threshold as well; it is an
+upper bound on what a threshold fixed on dev would give. Sides too large for a dense similarity
+matrix are mined block-wise (`mine_blockwise`: same algorithm, top-k per block, float32 on the model's
 device); small ones go through `metrics.mine_pairs` itself. `eval_limit` keeps the first
 `limit` gold pairs and as many non-gold sentences per side as keeps each side's gold density.
 
@@ -39,7 +48,8 @@ as ours) and index 7 of the last 12 on mBERT (= layer 8 of 12), mean-pooled; `ru
 passes `--specific_layer 7` but not `--num_layers`, so `run_retrieval.py` indexes the last 12
 hidden states (= layer 20 of 24 on XLM-R large, layer 8 on 12-layer models), and although it
 passes `--pool_type cls`, `extract_embeddings` is called without it, so mean pooling is what
-runs. Max length: 512 on real XTREME runs (the catalog's bucc2018/tatoeba tasks), as jiant.
+runs (over every token, <s> and </s> included, as ours: `--pool_skip_special_token` is not
+set). Max length: 512 on real XTREME runs (the catalog's bucc2018/tatoeba tasks), as jiant.
 
 Inference (`predict_examples`) returns the embedding scoring uses (same layer, pooling and
 truncation), unnormalised; the similarity the scores rank by is the cosine of two of them.
@@ -207,6 +217,19 @@ def _unify(ids: list[str], texts: list[str]) -> tuple[list[str], list[list[str]]
     return uniq, owners
 
 
+def candidate_ids(mined: list[tuple[int, int, float]], owners_x: list[list[str]], owners_e: list[list[str]]
+                  ) -> dict[tuple[str, str], float]:
+    """Mined (text index, text index, score) -> {(xx id, en id): score}, as XTREME's
+    `read_candidate2score`: a text held by several lines of its side (`owners` longer than one)
+    maps to no id and its candidates are dropped; a repeated id pair keeps its best score."""
+    cands: dict[tuple[str, str], float] = {}
+    for s, t, score in mined:
+        if len(owners_x[s]) == 1 and len(owners_e[t]) == 1:
+            key = (owners_x[s][0], owners_e[t][0])
+            cands[key] = max(score, cands.get(key, -math.inf))
+    return cands
+
+
 def mining_sides(spec, lang: str, data_dir: Path | None = None, limit: int | None = None, split: str | None = None):
     """(xx rows, en rows, gold pairs) of a mining task: rows are (id, text); gold (xx_id, en_id)."""
     from ..data import load_examples
@@ -315,12 +338,7 @@ class Retrieval(Format):
         ue, owners_e = _unify([i for i, _ in en], [t for _, t in en])
         a = embed_spec(model, ux, spec, batch_size)
         b = embed_spec(model, ue, spec, batch_size)
-        cands: dict[tuple[str, str], float] = {}
-        for s, t, score in mine(a, b, MARGIN_K, device=model.device):
-            for sid in owners_x[s]:
-                for tid in owners_e[t]:
-                    key = (sid, tid)
-                    cands[key] = max(score, cands.get(key, -math.inf))
+        cands = candidate_ids(mine(a, b, MARGIN_K, device=model.device), owners_x, owners_e)
         if keep is not None:
             keep.extend(mining_rows(cands, gold))
         if not cands:  # nothing mined with a positive margin

@@ -106,7 +106,9 @@ def mine_pairs(src_emb: Any, tgt_emb: Any, k: int = 4) -> list[tuple[int, int, f
     only scores > 0 are kept.  Departures, both about ties only: the sort is stable (np.argsort's
     default quicksort is not, so the script's tie order is arbitrary) and kNN ties go to the lower
     index.  Deduplicating identical sentence texts (``text_load_unify``) happens before
-    embedding and is the caller's job.  Feed the result to ``bucc_f1``.
+    embedding, and mapping the mined texts back to ids afterwards, dropping every candidate whose
+    text occurs on several lines of its side (``read_sent2id``), is the caller's job too
+    (``formats.retrieval.candidate_ids``).  Feed the result to ``bucc_f1``.
     """
     k = _check_k(k)
     sim = _cosine(src_emb, tgt_emb, "src_emb", "tgt_emb")
@@ -152,6 +154,12 @@ def bucc_f1(candidates_with_scores: Any, gold_pairs: Iterable) -> dict[str, floa
     sweep's best when scores tie at the cut.  If no candidate is correct, the threshold stays 0.
     Departure: when the best cut is after the last candidate, the script crashes (IndexError
     on ``items[i + 1]``); we use that last score as the threshold, which extracts everything.
+
+    The threshold is optimised against ``gold_pairs`` themselves, i.e. on the evaluated set.  So
+    is XTREME's: ``run_retrieval.py`` passes each split's gold file to ``bucc_eval``, which
+    re-optimises whenever it has one (a given threshold is used only without gold), for the test
+    split as for dev.  Gold pairs that no candidate can match (e.g. naming a sentence dropped as
+    repeated) still count in recall, as the script's gold set keeps them.
     """
     if isinstance(candidates_with_scores, Mapping):
         triples = [(*pair, score) for pair, score in candidates_with_scores.items()]
