@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import XtlError
 from ._row_stats import FORMAT_METRICS, RowStatistic, compile_rows  # noqa: F401
 
 __all__ = [
@@ -66,15 +67,8 @@ CI_METHODS = ("percentile", "BCa", "basic")
 _CHUNK = 4_000_000  # elements of one [resamples x units] block: bounds memory on large test sets
 
 
-class StatsError(ValueError):
-    """A user-fixable problem (unknown method, mismatched rows), worded like `errors.XtlError`.
-
-    The metrics layer may not import `adapters_xtl.errors` (import-linter layers), so this mirrors
-    its signature and message; callers above may re-raise it as an `XtlError`."""
-
-    def __init__(self, message: str, *, where: str | None = None, fix: str | None = None):
-        self.where, self.fix = where, fix
-        super().__init__((f"{where}: " if where else "") + message + (f"\n  fix: {fix}" if fix else ""))
+# a user-fixable problem (unknown method, mismatched rows): the CLI prints it and exits 2
+StatsError = XtlError
 
 
 @dataclass(frozen=True)
