@@ -155,6 +155,22 @@ def test_tables_helpers():
     json.dumps(doc, allow_nan=False)
 
 
+def test_sign_flip_p_equals_the_exact_count_of_sign_patterns():
+    """scipy's permutation test (what sign_flip_p calls) against a hand count over all 2^n patterns."""
+    import itertools
+
+    import numpy as np
+
+    from adapters_xtl.studies.tables import sign_flip_p
+
+    rng = np.random.default_rng(3)
+    for n in (3, 6, 9):
+        d = rng.normal(0.4, 1.0, n)
+        obs = abs(d.mean()) - 1e-12
+        hits = sum(abs(np.mean(np.array(signs) * d)) >= obs for signs in itertools.product((-1, 1), repeat=n))
+        assert sign_flip_p(d) == pytest.approx(hits / 2 ** n)
+
+
 def test_text_words_keep_combining_marks():
     # a \\w+ regex would cut these Hindi and Tamil words at their vowel signs
     assert text_words('नमस्ते, दुनिया! "Hello" (world)... — வணக்கம்') == ["नमस्ते", "दुनिया", "hello", "world", "வணக்கம்"]
