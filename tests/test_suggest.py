@@ -242,6 +242,8 @@ def test_parallel_text_for_alignment_comes_from_tatoeba_then_flores(shared_data,
     src, tgt, source = ctx.parallel("yo")  # not among Tatoeba's XTREME languages; SIB-200 has it
     assert source.startswith("sib200") and len(src) == 30 and src[0] != tgt[0]
     assert 0 <= ctx.language_features("yo")["align"] <= 100
+    # a retrieval target has no training split: its English side stands for its inputs in TextEmb
+    assert ctx.embeddings("tatoeba").shape == (ctx.n_texts, ctx.backbone.hidden_size)
 
 
 # ------------------------------------------------------------------ end to end on a tiny grid

@@ -76,3 +76,19 @@ def suggest(
         return
     for line in lines:
         console.print(line, highlight=False, markup=False)
+
+
+if __name__ == "__main__":  # `python -m adapters_xtl.cli.suggest ...`, the same as `xtl suggest ...`
+    import sys
+
+    from rich.console import Console
+
+    from ..errors import XtlError
+
+    try:
+        app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+        app.command()(suggest)
+        app(standalone_mode=False)
+    except XtlError as e:
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.exit(2)

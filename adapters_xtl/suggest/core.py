@@ -244,6 +244,7 @@ def compute_features(ctx: SignalContext, candidates: dict[str, str | None], targ
             if ref is not None:
                 say(f"LogME / H-score of {t} with {c} ({ref})")
             per_pair[(c, t)] = {**pair[(c, t)], **ctx.transferability(ref, t), "delta_sim": ctx.delta_similarity(ref, t_ref)}
+            ctx.cache.save()  # as it goes: an interrupted suggestion keeps what it measured
     langs = sorted({l for ls in languages.values() for l in ls})
     per_lang = {}
     for lang in langs:
@@ -251,7 +252,7 @@ def compute_features(ctx: SignalContext, candidates: dict[str, str | None], targ
         per_lang[lang] = ctx.language_features(lang)
         for c, ref in candidates.items():
             per_lang[(c, lang)] = ctx.alignment_change(ref, lang)
-    ctx.cache.save()
+        ctx.cache.save()
     out = {}
     for t, ls in languages.items():
         for lang in ls:

@@ -117,6 +117,7 @@ class SignalContext:
         self._emb: dict[str, np.ndarray] = {}
         self._feats: dict[tuple[str, str | None], Any] = {}
         self._pairs: dict[str, Any] = {}
+        self._examples: dict[str, list[dict]] = {}
         self.fp = backbone.fingerprint.short()
 
     def note(self, msg: str) -> None:
@@ -144,10 +145,23 @@ class SignalContext:
             from adapters_xtl.tasks import get_task
 
             refs = task[3:].split("+") if task.startswith("mt:") else [task]
-            texts = [t for r in refs for t in task_texts(get_task(r), self.data_dir, self.n_texts, seed=self.seed)]
+            texts = [t for r in refs for t in self._english_texts(get_task(r), task_texts)]
             layer = self.backbone.num_layers
             self._emb[task] = embed_layers(self.backbone, texts, [layer])[layer]
         return self._emb[task]
+
+    def _english_texts(self, spec, task_texts) -> list[str]:
+        """A task's English inputs: its training texts, or for a retrieval task (no training
+        split) the English side of its first language's parallel file."""
+        if spec.format != "retrieval":
+            return task_texts(spec, self.data_dir, self.n_texts, seed=self.seed)
+        from adapters_xtl.evaluation import retrieval_pairs
+
+        for lang in spec.languages:
+            if _local(spec, spec.eval_split, lang, self.data_dir):
+                _, english = retrieval_pairs(spec, lang, self.data_dir, self.n_texts)
+                return english
+        raise XtlError(f"no local parallel file of {spec.name!r}", where=spec.file or spec.name)
 
     def text_similarity(self, candidates: Sequence[str], targets: Sequence[str]) -> dict[tuple[str, str], dict]:
         """``{(candidate, target): {"text_sim", "cov_sim"}}``; centred on every task's mean."""
@@ -181,10 +195,12 @@ class SignalContext:
             self.note(f"LogME/H-score: {target} is a {spec.format} task; they apply to classification and tagging "
                       "targets (left out)")
             return None
-        train = get_task(spec.train_task) if spec.train_task else spec
-        exs = load_examples(train, "train", train.train_language, self.data_dir)
-        rng = random.Random(self.seed)
-        return rng.sample(exs, self.n_examples) if len(exs) > self.n_examples else exs
+        if target not in self._examples:
+            train = get_task(spec.train_task) if spec.train_task else spec
+            exs = load_examples(train, "train", train.train_language, self.data_dir)
+            rng = random.Random(self.seed)
+            self._examples[target] = rng.sample(exs, self.n_examples) if len(exs) > self.n_examples else exs
+        return self._examples[target]
 
     @torch.inference_mode()
     def _features(self, target: str, examples: list[dict]) -> tuple[np.ndarray, np.ndarray]:
