@@ -18,8 +18,13 @@ empty nodes are skipped, so `tokens` is the word sequence and `tags[i]` is word 
 counts then equal the treebank's word counts, e.g. 25147 in en_ewt-ud-dev). Sentences whose
 FORMs are all hidden (`_`, licence-stripped treebanks) are kept: they are the data's problem.
 
+IOB2 files come tab-separated (UNER) or separated by runs of spaces (CoNLL-2003 and many NER
+releases: `token POS chunk tag`, `-DOCSTART-` lines between documents). The source's
+`delimiter:` says which (`tab`, `space`); `auto` (the default) takes tabs when the file has any.
+
 Malformed input (wrong number of columns, a word ID out of sequence, invalid JSON, a SQuAD entry
-without its fields) is an `XtlError` naming the file and line (or JSON path).
+without its fields, bytes that are not UTF-8) is an `XtlError` naming the file and line (or JSON
+path, or byte offset).
 """
 
 from __future__ import annotations
@@ -32,9 +37,33 @@ from .errors import XtlError
 
 CONLLU_COLUMNS = 10  # ID FORM LEMMA UPOS XPOS FEATS HEAD DEPREL DEPS MISC
 _HASH_TOKEN = re.compile(r"#\t[^\t]+$")  # a two-column IOB2 line whose token is `#`
+_TAG = re.compile(r"(O|[BIESL]-\S+)$")  # what an IOB2/IOBES tag looks like
 
 
-def read(fmt: str, path: Path) -> list[dict]:
+def read_utf8(path: Path) -> str:
+    """A data file's text (a UTF-8 BOM is dropped); bytes that are not UTF-8 are an error naming
+    the file, the byte offset and the line, not a UnicodeDecodeError traceback."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        offset = e.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
+        line = data.count(b"\n", 0, offset) + 1
+        raise XtlError(f"not UTF-8: byte {offset} (line {line}) is {data[offset:offset + 1]!r}", where=str(path),
+                       fix="convert the file to UTF-8 (e.g. `iconv -f latin1 -t utf-8 IN > OUT`)") from None
+
+
+def text_lines(path: Path):
+    """(line number, line without its end) of a UTF-8 file, split as text-mode file iteration
+    splits (str.splitlines would also split on U+2028, \\x1c, ...)."""
+    text = read_utf8(path).replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as open()
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    yield from enumerate(lines, 1)
+
+
+def read(fmt: str, path: Path, *, delimiter: str | None = None) -> list[dict]:
     path = Path(path)
     readers = {"conllu": read_conllu, "iob2": read_iob2, "squad": read_squad}
     if fmt not in readers:
@@ -43,6 +72,8 @@ def read(fmt: str, path: Path) -> list[dict]:
         raise XtlError(f"no reader for file format {fmt!r}", where=str(path), fix=did_you_mean(fmt, readers))
     if not path.exists():
         raise XtlError(f"data file not found: {path}", where=str(path))
+    if fmt == "iob2":
+        return read_iob2(path, delimiter=delimiter or "auto")
     return readers[fmt](path)
 
 
@@ -75,88 +106,110 @@ def read_conllu(path: Path) -> list[dict]:
     """Sentences of a CoNLL-U file as {"id", "tokens" (FORM), "tags" (UPOS)}; see the module doc."""
     out = _Sentences()
     expected = 1  # the next syntactic word's ID
-    with open(path, encoding="utf-8-sig") as f:
-        for n, raw in enumerate(f, 1):
-            line = raw.rstrip("\n").rstrip("\r")
-            if not line.strip():
-                out.close()
-                expected = 1
-                continue
-            if line.startswith("#"):
-                if not out.tokens:  # comments precede the sentence's words
-                    sid = _sent_id(line)
-                    if sid is not None:
-                        out.sent_id = sid
-                continue
-            cols = line.split("\t")
-            if len(cols) != CONLLU_COLUMNS:
-                raise XtlError(
-                    f"line {n}: {len(cols)} tab-separated columns, CoNLL-U has {CONLLU_COLUMNS}: {line[:80]!r}",
-                    where=str(path),
-                    fix="check the file is CoNLL-U (file_format: conllu) and uses tabs, not spaces",
-                )
-            wid = cols[0]
-            if "-" in wid or "." in wid:  # multi-word token range / empty node: not a syntactic word
-                lo = wid.replace("-", ".").split(".")
-                if not all(p.isdigit() for p in lo if p) or len(lo) != 2:
-                    raise XtlError(f"line {n}: malformed word ID {wid!r}", where=str(path))
-                continue
-            if not wid.isdigit() or int(wid) != expected:
-                raise XtlError(
-                    f"line {n}: word ID {wid!r}, expected {expected} (a missing blank line between sentences?)",
-                    where=str(path),
-                    fix="sentences are separated by one blank line and number their words 1, 2, 3, ...",
-                )
-            expected += 1
-            out.tokens.append(cols[1])
-            out.tags.append(cols[3])
+    for n, line in text_lines(path):
+        if not line.strip():
+            out.close()
+            expected = 1
+            continue
+        if line.startswith("#"):
+            if not out.tokens:  # comments precede the sentence's words
+                sid = _sent_id(line)
+                if sid is not None:
+                    out.sent_id = sid
+            continue
+        cols = line.split("\t")
+        if len(cols) != CONLLU_COLUMNS:
+            raise XtlError(
+                f"line {n}: {len(cols)} tab-separated columns, CoNLL-U has {CONLLU_COLUMNS}: {line[:80]!r}",
+                where=str(path),
+                fix="check the file is CoNLL-U (file_format: conllu) and uses tabs, not spaces",
+            )
+        wid = cols[0]
+        if "-" in wid or "." in wid:  # multi-word token range / empty node: not a syntactic word
+            lo = wid.replace("-", ".").split(".")
+            if not all(p.isdigit() for p in lo if p) or len(lo) != 2:
+                raise XtlError(f"line {n}: malformed word ID {wid!r}", where=str(path))
+            continue
+        if not wid.isdigit() or int(wid) != expected:
+            raise XtlError(
+                f"line {n}: word ID {wid!r}, expected {expected} (a missing blank line between sentences?)",
+                where=str(path),
+                fix="sentences are separated by one blank line and number their words 1, 2, 3, ...",
+            )
+        expected += 1
+        out.tokens.append(cols[1])
+        out.tags.append(cols[3])
     out.close()
     return out.rows
 
 
-def read_iob2(path: Path) -> list[dict]:
+def read_iob2(path: Path, delimiter: str = "auto") -> list[dict]:
     """Sentences of an IOB2 file as {"id", "tokens", "tags"}.
 
-    UNER layout: `index <TAB> token <TAB> tag <TAB> ...` (UNER has 5 columns: the last two are
-    `-` and the annotator, ignored); `#` comments (`# sent_id = ...` names the sentence); one
-    blank line between sentences. Two-column `token <TAB> tag` files are read too.
+    Layouts (per sentence): `index token tag ...` when the first column numbers the tokens
+    1, 2, 3, ... (UNER: 5 columns, the last two `-` and the annotator, ignored); else `token tag`
+    or `token ... tag` with the tag last (CoNLL-2003: `token POS chunk tag`). Columns are split
+    on tabs or on runs of spaces (`delimiter`: tab, space, auto = tabs when the file has any).
+    `#` comments (`# sent_id = ...` names the sentence) and `-DOCSTART-` lines are skipped; one
+    blank line between sentences.
     """
+    lines = list(text_lines(path))
+    if delimiter == "auto":
+        delimiter = "tab" if any("\t" in line for _, line in lines) else "space"
+    split = (lambda l: l.split("\t")) if delimiter == "tab" else str.split
     out = _Sentences()
-    with open(path, encoding="utf-8-sig") as f:
-        for n, raw in enumerate(f, 1):
-            line = raw.rstrip("\n").rstrip("\r")
-            if not line.strip():
-                out.close()
-                continue
-            if line.startswith("#") and not _HASH_TOKEN.match(line):  # a comment, not the token `#`
-                sid = _sent_id(line) if not out.tokens else None
-                if sid is not None:
-                    out.sent_id = sid
-                continue
-            cols = line.split("\t")
-            if len(cols) == 2:
-                token, tag = cols
-            elif len(cols) >= 3 and cols[0].isdigit():
-                token, tag = cols[1], cols[2]
-            else:
-                raise XtlError(
-                    f"line {n}: expected `index<TAB>token<TAB>tag[<TAB>...]` or `token<TAB>tag`, got {line[:80]!r}",
-                    where=str(path),
-                    fix="check the file is tab-separated IOB2 (file_format: iob2)",
-                )
+    pending: list[tuple[int, list[str]]] = []  # this sentence's (line number, columns)
+
+    def close() -> None:
+        numbered = bool(pending) and len(pending[0][1]) >= 3 and all(len(c) >= 3 and c[0] == str(k) for k, (_, c) in enumerate(pending, 1))
+        for n, cols in pending:
+            token, tag = (cols[1], cols[2]) if numbered else (cols[0], cols[-1])
             tag = tag.strip()
             if not tag:
                 raise XtlError(f"line {n}: empty tag for token {token!r}", where=str(path))
             out.tokens.append(token)
             out.tags.append(tag)
-    out.close()
+        pending.clear()
+        out.close()
+
+    for n, line in lines:
+        if not line.strip():
+            close()
+            continue
+        if line.startswith("#") and not _is_hash_token(line, split):  # a comment, not the token `#`
+            sid = _sent_id(line) if not pending else None
+            if sid is not None:
+                out.sent_id = sid
+            continue
+        cols = split(line)
+        if cols and cols[0] == "-DOCSTART-":  # CoNLL-2003's document boundary
+            close()
+            continue
+        if len(cols) < 2:
+            sep = "<TAB>" if delimiter == "tab" else "<SPACE>"
+            raise XtlError(
+                f"line {n}: expected `token{sep}tag` (or more columns, tag last, or UNER's index{sep}token{sep}tag), "
+                f"got {line[:80]!r}",
+                where=str(path),
+                fix="check the file is IOB2 (file_format: iob2) and its `delimiter` (tab, space, auto)",
+            )
+        pending.append((n, cols))
+    close()
     return out.rows
+
+
+def _is_hash_token(line: str, split) -> bool:
+    """`#<TAB>O` (or `# O` with spaces) is the token `#` with its tag, not a comment."""
+    if _HASH_TOKEN.match(line):
+        return True
+    cols = split(line)
+    return len(cols) == 2 and cols[0] == "#" and bool(_TAG.match(cols[1]))
 
 
 def read_squad(path: Path) -> list[dict]:
     """Questions of a SQuAD v1.1 JSON file (`data[].paragraphs[].qas[]`), one row each."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8-sig"))
+        doc = json.loads(read_utf8(path))
     except json.JSONDecodeError as e:
         raise XtlError(f"not valid JSON: {e.msg} (line {e.lineno})", where=str(path)) from None
     data = doc.get("data") if isinstance(doc, dict) else None

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import XtlError, did_you_mean
+from .defaults import TaskDefaults, defaults_error
 
 FORMATS = ("classification", "retrieval", "tagging", "span_qa", "multiple_choice")
 
@@ -39,6 +40,9 @@ class Source(BaseModel):
     file_format: Literal["tsv", "csv", "jsonl", "json", "lines", "conllu", "iob2", "squad"] | None = None
     header: bool = True
     fieldnames: list[str] | None = None  # for headerless tsv/csv
+    # iob2 only: `tab`, `space` (runs of spaces, as CoNLL-2003 ships) or `auto` (tabs when the
+    # file has any, else spaces)
+    delimiter: Literal["auto", "tab", "space"] | None = None
     columns: dict[str, str] | None = None  # this split's role -> column, overriding the task's
     # hub: datasets.load_dataset(dataset, config, split=split, revision=revision)
     dataset: str | None = None
@@ -61,14 +65,42 @@ class Source(BaseModel):
             if guess is None:
                 raise ValueError(f"cannot tell the file format of {self.path!r}; set `file_format`")
             self.file_format = guess
+        if self.delimiter is not None and self.file_format != "iob2":
+            raise ValueError(f"`delimiter` applies to file_format iob2, not {self.file_format!r}")
+        for key in ("path", "config", "split"):
+            _check_template(getattr(self, key), key, PLACEHOLDERS)
+        for role, col in (self.columns or {}).items():
+            _check_template(col, f"columns.{role}", ("code", "lang"))
         return self
+
+
+PLACEHOLDERS = ("data_dir", "demo_dir", "code", "lang")
+
+
+def _check_template(template: str | None, field: str, allowed) -> None:
+    """A path/config template may only use the placeholders the loader fills in: anything else
+    would fail with a bare KeyError when the data are read, after training."""
+    if not template:
+        return
+    import string
+
+    try:
+        names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise ValueError(f"`{field}` {template!r} is not a valid template: {e}") from None
+    bad = [n for n in names if n not in allowed]
+    if bad:
+        raise ValueError(f"`{field}` {template!r} uses {{{bad[0]}}}; the placeholders are "
+                         + ", ".join("{" + a + "}" for a in allowed))
 
 
 class IdSplit(BaseModel):
     """Split a parallel set by example id so no translation of a training example is evaluated.
 
     Each id is assigned to train or eval by a hash of (id, seed): the same id lands on the same
-    side in every language.
+    side in every language. Rows that must stay together beyond their id (XNLI's three hypotheses
+    of one premise, PAWS-X pairs that reuse a sentence) are declared with the task's `group_by`:
+    see `data.split_sides`.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -76,7 +108,8 @@ class IdSplit(BaseModel):
     # what decides the side: "__line__" (the row number, for line-aligned translations) or a role
     # (`id`; `context` keeps every question about one paragraph on one side)
     id_column: str = "__line__"
-    train_fraction: float = 0.5
+    # strictly between 0 and 1: 0 or 1 would leave one side empty
+    train_fraction: float = Field(0.5, gt=0, lt=1)
     seed: int = 0
 
 
@@ -91,9 +124,19 @@ class TaskSpec(BaseModel):
     # data
     splits: dict[str, Source] = Field(default_factory=dict)  # train / validation / test
     languages: dict[str, str] = Field(default_factory=lambda: {"en": "en"})  # ours -> source code
+    # the language of the training data; a task with `train_task` trains on that task's
+    # train_language instead (`training_task`), and no language is ever added to `languages`
     train_language: str = "en"
     train_task: str | None = None  # targets trained on another task's English data (XNLI <- MNLI)
     id_split: IdSplit | None = None
+    # what must stay on one side of the id split: one column/role (`premise`), or a list meaning
+    # connected components (two rows sharing a normalised value in any of these columns go to
+    # the same side). Line-aligned tasks group on the train_language rows: see data.split_sides.
+    group_by: str | list[str] | None = None
+    # evaluation rows whose normalised text in one of these roles occurs in the training text
+    # (this task's or its train_task's) are dropped with a warning: duplicates across data sets
+    # that no split can separate (an MLQA paragraph that is also a TyDiQA training paragraph)
+    drop_train_overlap: list[str] | None = None
     id_column: str | None = None  # checked: train ids never appear in evaluation
     columns: dict[str, str] = Field(default_factory=dict)  # role -> column in the source
     labels: list[str] | None = None
@@ -125,10 +168,41 @@ class TaskSpec(BaseModel):
     notes: str = ""
     file: str | None = None  # where this spec was read from (filled in by the loader)
 
+    @field_validator("defaults")
+    @classmethod
+    def _check_defaults(cls, v: dict) -> dict:
+        try:
+            TaskDefaults.model_validate(v)
+        except ValidationError as e:
+            raise ValueError(defaults_error(e)) from None
+        return v
+
     @model_validator(mode="after")
     def _check(self):
-        if self.train_language not in self.languages and self.format != "retrieval":
-            self.languages = {self.train_language: self.train_language, **self.languages}
+        # a task that trains on its own data must list its training language (nothing is added:
+        # an added `en` would read the target's files with code `en` and fail after training)
+        trains_itself = self.format != "retrieval" and not self.train_task and (
+            "train" in self.splits or self.id_split is not None)
+        if trains_itself and self.train_language not in self.languages:
+            raise ValueError(
+                f"the task trains on {self.train_language!r} but `languages` does not list it "
+                f"(languages: {', '.join(self.languages)}); add `{self.train_language}: CODE` (the code its files "
+                "use) to `languages`, or name a `train_task` that provides the training data")
+        if self.group_by is not None:
+            groups = [self.group_by] if isinstance(self.group_by, str) else list(self.group_by)
+            if not groups or not all(isinstance(g, str) and g for g in groups):
+                raise ValueError("`group_by` is a column name or a non-empty list of column names")
+            if self.id_split is None:
+                raise ValueError("`group_by` decides the sides of the task's own id split: it needs `id_split`")
+            known = self.column_names()
+            missing = [g for g in groups if known and g not in known]
+            if missing:
+                raise ValueError(f"`group_by` names {missing[0]!r}, which is neither a role nor a column of the "
+                                 f"task; roles and columns: {', '.join(sorted(known))}")
+        bad = [r for r in self.drop_train_overlap or [] if self.columns and r not in self.columns]
+        if bad:
+            raise ValueError(f"`drop_train_overlap` names {bad[0]!r}, which is not a role of the task; "
+                             f"roles: {', '.join(self.columns)}")
         if self.labels_file and not self.labels:
             self.labels = read_labels_file(self.labels_file_path())
         if self.format in ("classification", "tagging") and not self.labels and not self.labels_file:
@@ -138,6 +212,21 @@ class TaskSpec(BaseModel):
         if self.mixture is not None and (not self.mixture or self.splits):
             raise ValueError("a `mixture` task lists its member tasks and has no `splits` of its own")
         return self
+
+    @property
+    def group_columns(self) -> list[str]:
+        """`group_by` as a list (empty without one)."""
+        if self.group_by is None:
+            return []
+        return [self.group_by] if isinstance(self.group_by, str) else list(self.group_by)
+
+    def column_names(self) -> set[str]:
+        """Every role and source column the YAML names (empty when a reader's rows name them)."""
+        names = set(self.columns) | {p.strip() for c in self.columns.values() for p in c.split(",")}
+        for src in self.splits.values():
+            names |= set(src.columns or {}) | {p.strip() for c in (src.columns or {}).values() for p in c.split(",")}
+            names |= set(src.fieldnames or [])
+        return {n for n in names if not n.startswith("__")}
 
     def labels_file_path(self, data_dir: Path | str | None = None) -> Path | None:
         if not self.labels_file:
@@ -189,11 +278,24 @@ class TaskSpec(BaseModel):
         return self.languages[lang]
 
 
+def read_utf8(path: Path, what: str = "file") -> str:
+    """A text file's content; a file that is not UTF-8 is an error naming the byte offset and
+    line (instead of a UnicodeDecodeError traceback, or mojibake under another locale)."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        offset = e.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
+        line = data.count(b"\n", 0, offset) + 1
+        raise XtlError(f"{what} is not UTF-8: byte {offset} (line {line}) is {data[offset:offset + 1]!r}",
+                       where=str(path), fix="save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from None
+
+
 def read_labels_file(path: Path | None) -> list[str] | None:
     """Labels, one per line (blank lines and `#` comments skipped); None if there is no file."""
     if path is None or not path.is_file():
         return None
-    lines = (l.strip() for l in path.read_text(encoding="utf-8").splitlines())
+    lines = (l.strip() for l in read_utf8(path, "label file").splitlines())
     return [l for l in lines if l and not l.startswith("#")] or None
 
 
@@ -219,7 +321,11 @@ def _expand_file(path: Path, text: str) -> list[dict]:
         inc_path = path.parent / doc["include"]
         if not inc_path.exists():
             raise XtlError(f"included file {doc['include']!r} not found", where=str(path))
-        common = _merge(yaml.safe_load(inc_path.read_text()) or {}, common)
+        try:
+            included = yaml.safe_load(read_utf8(inc_path, "included task file")) or {}
+        except yaml.YAMLError as e:
+            raise XtlError(f"malformed YAML: {e}", where=str(inc_path), fix="fix the YAML syntax") from None
+        common = _merge(included, common)
     if "tasks" in doc:
         if not isinstance(doc["tasks"], list):
             raise XtlError("`tasks` must be a list of task mappings", where=str(path))
@@ -228,22 +334,67 @@ def _expand_file(path: Path, text: str) -> list[dict]:
 
 
 def parse_task_file(path: Path, text: str | None = None) -> list[TaskSpec]:
-    text = path.read_text() if text is None else text
+    text = read_utf8(path, "task file") if text is None else text
     specs = []
     for i, raw in enumerate(_expand_file(path, text)):
         raw.setdefault("file", str(path))
         try:
             specs.append(TaskSpec(**raw))
         except ValidationError as e:
-            first = e.errors()[0]
-            field = ".".join(str(x) for x in first["loc"]) or "(task)"
-            name = raw.get("name", f"#{i}")
-            raise XtlError(
-                f"task {name!r}, field {field!r}: {first['msg']}",
-                where=str(path),
-                fix="see the task schema in adapters_xtl/tasks/__init__.py (TaskSpec)",
-            ) from None
+            raise XtlError(f"task {raw.get('name', f'#{i}')!r}, {_validation_message(e)}", where=str(path),
+                           fix="see the task schema in adapters_xtl/tasks/__init__.py (TaskSpec)") from None
     return specs
+
+
+def _validation_message(e: ValidationError) -> str:
+    """`field 'x' = value: what is wrong`, from pydantic's first error (its own message when a
+    validator already names the field)."""
+    first = e.errors()[0]
+    field = ".".join(str(x) for x in first["loc"]) or "(task)"
+    msg = first["msg"]
+    if first["type"] == "value_error":
+        msg = msg.removeprefix("Value error, ")
+        return msg if msg.startswith(f"{field}.") else f"field {field!r}: {msg}"
+    value = first.get("input")
+    shown = f" = {value!r}" if not isinstance(value, (dict, list)) and first["type"] != "missing" else ""
+    return f"field {field!r}{shown}: {msg}"
+
+
+def check_train_tasks(specs: "dict[str, TaskSpec]", only: "list[TaskSpec] | None" = None) -> None:
+    """Each `train_task` names a task of the catalog that can train this one: same format and
+    labels, its own training data, and the training language comes from it (a target does not
+    say `train_language` itself). Checked when the catalog is read, not after training."""
+    for spec in only if only is not None else specs.values():
+        if not spec.train_task:
+            continue
+        where = spec.file or spec.name
+        src = specs.get(spec.train_task)
+        if src is None:
+            raise XtlError(f"task {spec.name!r}: train_task {spec.train_task!r} is not in the catalog", where=where,
+                           fix=did_you_mean(spec.train_task, specs))
+        problem = None
+        if src.name == spec.name:
+            problem = "is the task itself"
+        elif src.format != spec.format:
+            problem = f"is {src.format}, this task is {spec.format}"
+        elif spec.format in ("classification", "tagging") and (src.labels or None) != (spec.labels or None):
+            problem = f"has labels {src.labels}, this task {spec.labels}"
+        elif src.train_task:
+            problem = f"is itself trained on {src.train_task!r} (name that one)"
+        elif "train" not in src.splits and src.id_split is None and src.mixture is None:
+            problem = "has no training data (no `train` split, no `id_split`)"
+        elif "train_language" in spec.model_fields_set and spec.train_language != src.train_language:
+            problem = (f"trains on {src.train_language!r}, but this task says train_language "
+                       f"{spec.train_language!r} (drop it: the train task decides)")
+        if problem:
+            raise XtlError(f"task {spec.name!r}: train_task {spec.train_task!r} {problem}", where=where,
+                           fix="name a train_task of the same format and labels that has English training data")
+
+
+def training_task(spec: "TaskSpec") -> "TaskSpec":
+    """The task whose training data train `spec`: its `train_task`, else itself. Its
+    `train_language` is the language training reads (never added to `spec.languages`)."""
+    return get_task(spec.train_task) if spec.train_task else spec
 
 
 def _builtin_files() -> list[Path]:
@@ -259,6 +410,7 @@ def _builtin_specs() -> dict[str, TaskSpec]:
             if spec.name in out:
                 raise XtlError(f"task {spec.name!r} is defined twice", where=str(f))
             out[spec.name] = spec
+    check_train_tasks(out)
     return out
 
 
@@ -290,6 +442,8 @@ class TaskCatalog:
                                        fix="rename one of them")
                     seen[spec.name] = f
                     self._specs[spec.name] = spec
+        if self.folders:
+            check_train_tasks(self._specs)
 
     def names(self) -> list[str]:
         return sorted(self._specs)
@@ -357,6 +511,7 @@ def _task_from_file(name: str, known) -> TaskSpec:
         if not p.exists():
             raise XtlError(f"task file {file!r} not found", where="task")
         specs = parse_task_file(p)
+        check_train_tasks({**known, **{s.name: s for s in specs}}, only=specs)
         if sub:
             for s in specs:
                 if s.name == sub:
