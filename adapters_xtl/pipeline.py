@@ -11,7 +11,7 @@ from typing import Any
 
 
 from .backbone import Backbone
-from .data import load_examples
+from .data import check_languages, load_examples, resolved_revisions
 from .errors import XtlError
 from .evaluation import append_results, evaluate, result_rows
 from .formats.intervals import score_intervals
@@ -22,7 +22,7 @@ from .cost import non_embedding_params, record_eval_throughput, record_throughpu
 from .model import TaskModel
 from .session import ModuleSession, compose_into, load_module_into, parse_ref, swap_clock  # noqa: F401
 from .store.registry import Registry
-from .tasks import TaskSpec, get_task
+from .tasks import TaskSpec, get_task, training_task
 from .trainer import TrainConfig, TrainResult, train
 
 
@@ -88,10 +88,12 @@ def train_module(
     if not model_format_trainable(spec):
         raise XtlError(f"task {spec.name!r} ({spec.format}) has no training", where="task",
                        fix="retrieval tasks evaluate a module directly: use `xtl eval`")
-    train_task = get_task(spec.train_task) if spec.train_task else spec
+    train_task = training_task(spec)
 
-    # data first: bad data fails before any weights move
+    # data first: bad data fails before any weights move, test data of every language included
     train_ex = load_examples(train_task, "train", train_task.train_language, data_dir)
+    if spec.format != "retrieval":
+        check_languages(spec, eval_languages or list(spec.languages), data_dir)
     dev_split = "validation" if ("validation" in train_task.splits or train_task.id_split) else None
     dev_ex = load_examples(train_task, dev_split, train_task.train_language, data_dir, limit=cfg.eval_examples) if dev_split else None
 
@@ -114,7 +116,7 @@ def train_module(
         manifest = session.manifest(
             name=name, task=spec.name, format=spec.format, head=fmt.head_config(spec), trainable=trainable,
             recipe_hash=recipe_hash, steps=cfg.steps, seed=cfg.seed, train_examples=result.train_examples,
-            **_score_fields(scores, eval_limit),
+            **_score_fields(scores, eval_limit), data_revisions=resolved_revisions(),
             training={"config": cfg.model_dump(), "best_step": result.best_step, "best_dev": result.best_score,
                       "seconds": round(result.seconds, 2), "padding_waste": round(result.padding_waste, 4)},
             **(extra_manifest or {}),

@@ -66,3 +66,30 @@ def test_evaluate_mines_bitext_for_a_mining_task(tiny_backbone_dir, tmp_path):
     scores = evaluate(TaskModel(bb, spec), spec, ["fr"], data_dir=tmp_path, predictions=preds)
     assert scores == {"fr": {"f1": 100.0, "precision": 100.0, "recall": 100.0}}
     assert len(preds["fr"]) == 10
+
+
+def test_missing_test_data_of_a_requested_language_fails_before_training(tiny_backbone_dir, tmp_path):
+    from adapters_xtl.errors import XtlError
+
+    bb = load_backbone(str(tiny_backbone_dir))
+    reg = Registry(tmp_path / "registry")
+    task = write_toy_task(tmp_path / "toy", extra_yaml="")
+    text = task.read_text().replace("languages: {en: en, de: en}", "languages: {en: en, de: en, sw: sw}")
+    text = text.replace('test: {path: "' + str(tmp_path / "toy") + '/test.tsv"}',
+                        'test: {path: "' + str(tmp_path / "toy") + '/test-{code}.tsv"}')
+    task.write_text(text)
+    (tmp_path / "toy" / "test-en.tsv").write_text((tmp_path / "toy" / "test.tsv").read_text())
+    with pytest.raises(XtlError, match="sw"):
+        train_module(bb, str(task), name="early", registry=reg, train_config=FAST, eval_languages=["en", "sw"])
+    assert not (tmp_path / "registry" / "early").exists()  # nothing trained, nothing registered
+
+
+def test_the_manifest_records_the_data_revisions_resolved_at_run_time(tiny_backbone_dir, tmp_path, monkeypatch):
+    import adapters_xtl.pipeline as P
+
+    monkeypatch.setattr(P, "resolved_revisions", lambda: {"Davlan/sib200": "0123abcd"})
+    bb = load_backbone(str(tiny_backbone_dir))
+    reg = Registry(tmp_path / "registry")
+    task = write_toy_task(tmp_path / "toy")
+    train_module(bb, str(task), name="rev", registry=reg, train_config=FAST)
+    assert reg.manifest("rev", None).data_revisions == {"Davlan/sib200": "0123abcd"}
