@@ -8,6 +8,7 @@ config, which is what makes grids resumable and cached.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,23 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from . import checks
 from .errors import XtlError, did_you_mean
 from .store.manifest import config_hash
 
 COMPOSITIONS = ("single", "stack", "fuse", "merge", "continue")
+
+
+def _safe_name(v):
+    """A recipe name, or an intermediate's: it becomes a folder (the run folder, a registry
+    module, a checkpoint folder), so it follows the registry's module-name rule."""
+    if v is None:
+        return v
+    try:
+        checks.module_name(v, "name")
+    except XtlError as e:
+        raise ValueError(f"{v!r} is not a safe name ({e.fix})") from None
+    return v
 
 
 class IntermediateSpec(BaseModel):
@@ -30,15 +44,20 @@ class IntermediateSpec(BaseModel):
     task: str | None = None
     multitask: list[str] | None = None
     sampling: Literal["proportional", "uniform"] = "proportional"  # multitask batch sampling
-    cap: int | None = None  # multitask: examples per task at most (caps proportional sampling)
-    steps: int | None = None  # overrides recipe.train.steps
+    cap: int | None = Field(None, ge=1)  # multitask: examples per task at most (caps proportional sampling)
+    steps: int | None = Field(None, ge=1)  # overrides recipe.train.steps
     train: dict[str, Any] = Field(default_factory=dict)
     name: str | None = None  # registry name; default <task>-<method>-<config hash>
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        return _safe_name(v)
 
     @model_validator(mode="after")
     def _one(self):
         if bool(self.task) == bool(self.multitask):
-            raise ValueError("an intermediate names either `task` or `multitask: [tasks]`")
+            raise ValueError("an intermediate names either `task:` or `multitask:` (a list of two or more tasks)")
         if self.multitask and len(self.multitask) < 2:
             raise ValueError("`multitask` mixes two or more tasks")
         return self
@@ -56,7 +75,7 @@ class CompositionSpec(BaseModel):
     kind: Literal["single", "stack", "fuse", "merge", "continue"]
     modules: list[str] | None = None  # intermediate labels (task names or names given)
     how: Literal["linear", "ties", "dare_linear", "dare_ties"] = "linear"
-    density: float = 0.5
+    density: float = Field(0.5, gt=0, le=1, allow_inf_nan=False)  # merge: share of each task vector kept
     weights: list[float] | None = None
 
 
@@ -65,9 +84,9 @@ class TargetSpec(BaseModel):
 
     task: str
     languages: list[str] | None = None  # default: all of the task's
-    steps: int | None = None
+    steps: int | None = Field(None, ge=1)
     train: dict[str, Any] = Field(default_factory=dict)
-    eval_limit: int | None = None  # examples per language (None: all)
+    eval_limit: int | None = Field(None, ge=1)  # examples per language (None: all)
 
 
 class Recipe(BaseModel):
@@ -80,7 +99,7 @@ class Recipe(BaseModel):
     method: str = "lora"
     method_config: dict[str, Any] = Field(default_factory=dict)
     data_dir: str | None = None
-    seeds: list[int] = Field(default_factory=lambda: [42])
+    seeds: list[int] = Field(default_factory=lambda: [42], min_length=1)
     train: dict[str, Any] = Field(default_factory=dict)  # TrainConfig fields, defaults for all
     intermediate: list[IntermediateSpec] = Field(default_factory=list)
     targets: list[TargetSpec] = Field(default_factory=list)
@@ -88,6 +107,20 @@ class Recipe(BaseModel):
     reuse_registry: bool = True
     tasks_dir: list[str] = Field(default_factory=list)  # user task folders (relative to the recipe)
     file: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        return _safe_name(v)
+
+    @field_validator("quantization")
+    @classmethod
+    def _quantization(cls, v):
+        from .backbone import QUANTIZATIONS
+
+        if v not in QUANTIZATIONS:
+            raise ValueError(f"unknown quantization {v!r}; {did_you_mean(str(v), QUANTIZATIONS)}")
+        return v
 
     def catalog(self):
         """The task catalog this recipe's names resolve in: built-in + its `tasks_dir` folders."""
@@ -133,45 +166,175 @@ def _deep_merge(base: dict, over: dict) -> dict:
 BUILTIN = Path(__file__).resolve().parent / "demo_data"
 
 
-def _read_yaml(path: Path) -> dict:
+def _read_yaml(path: Path, included_from: Path | None = None) -> dict:
+    """A recipe file as a mapping, its `include:` merged underneath. Every way the file can be
+    unreadable is one XtlError naming it (a missing include names the file that includes it)."""
+    where = str(path) if included_from is None else f"{path} (included from {included_from})"
     try:
-        doc = yaml.safe_load(path.read_text())
+        raw = path.read_bytes()
     except FileNotFoundError:
-        raise XtlError(f"recipe not found: {path}", where="recipe") from None
+        raise XtlError(f"recipe not found: {path}", where=str(included_from or "recipe"),
+                       fix="check the path" + (" of `include:`" if included_from else "")) from None
+    except IsADirectoryError:
+        raise XtlError(f"{path} is a folder, not a recipe file", where="recipe", fix="name a recipe .yaml file") from None
+    except OSError as e:
+        raise XtlError(f"cannot read {path}: {e.strerror}", where=where) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise XtlError(f"not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r})", where=where,
+                       fix="save the file as UTF-8") from None
+    try:
+        doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise XtlError(f"malformed YAML: {e}", where=str(path), fix="fix the YAML syntax") from None
+        raise XtlError(f"malformed YAML: {e}", where=where, fix="fix the YAML syntax") from None
     if not isinstance(doc, dict):
-        raise XtlError("a recipe must be a YAML mapping", where=str(path))
+        raise XtlError("a recipe must be a YAML mapping", where=where, fix="start with `name: my-grid`")
     if "include" in doc:
         inc = doc.pop("include")
+        if not isinstance(inc, str) or not inc:
+            raise XtlError(f"`include:` must name a recipe file, got {inc!r}", where=where,
+                           fix="include: base.yaml (relative to this file) or include: builtin:quickstart")
         inc_path = BUILTIN / f"{inc.split(':', 1)[1]}.yaml" if inc.startswith("builtin:") else path.parent / inc
-        doc = _deep_merge(_read_yaml(inc_path), doc)
+        doc = _deep_merge(_read_yaml(inc_path, included_from=path), doc)
     return doc
 
 
+def _field_path(loc) -> str:
+    """pydantic's ('targets', 0, 'steps') as the YAML path a user reads: targets[0].steps."""
+    out = ""
+    for x in loc:
+        out += f"[{x}]" if isinstance(x, int) else (f".{x}" if out else str(x))
+    return out
+
+
 def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
+    """A recipe file, checked whole before anything runs (see `check_recipe`)."""
     path = Path(path)
     doc = _read_yaml(path)
     if overrides:
         doc = _deep_merge(doc, overrides)
+    fields = ", ".join(f for f in Recipe.model_fields if f != "file")
+    if "file" in doc:
+        raise XtlError("field 'file' is not a recipe field (the loader records the file's path there)",
+                       where=str(path), fix=f"remove it; recipe fields: {fields}")
     if isinstance(doc.get("tasks_dir"), str):
         doc["tasks_dir"] = [doc["tasks_dir"]]
     if isinstance(doc.get("tasks_dir"), list):
+        for d in doc["tasks_dir"]:
+            if not isinstance(d, str) or not d:
+                raise XtlError(f"field 'tasks_dir': {d!r} is not a folder path", where=str(path),
+                               fix="tasks_dir: my-tasks/ (a folder of task YAML files, or a list of them; relative "
+                                   "to the recipe)")
         doc["tasks_dir"] = [str(Path(d).expanduser() if Path(d).expanduser().is_absolute() else (path.parent / d).resolve())
                             for d in doc["tasks_dir"]]
+    if doc.get("data_dir") is not None and not isinstance(doc["data_dir"], str):
+        raise XtlError(f"field 'data_dir': {doc['data_dir']!r} is not a folder path", where=str(path),
+                       fix="data_dir: ../shared/data (relative to the recipe), or leave it out")
     if doc.get("data_dir") and not doc["data_dir"].startswith("{"):
         dd = Path(doc["data_dir"]).expanduser()
         doc["data_dir"] = str(dd if dd.is_absolute() else (path.parent / dd).resolve())
     try:
-        return Recipe(**doc, file=str(path))
+        recipe = Recipe(**doc, file=str(path))
     except ValidationError as e:
+        raise _recipe_error(e, str(path), fields) from None
+    check_recipe(recipe)
+    return recipe
+
+
+def _recipe_error(e: ValidationError, where: str, fields: str) -> XtlError:
+    """pydantic's first error as one line: the field's YAML path, the value, what is wrong."""
+    first = e.errors()[0]
+    msg = first["msg"].removeprefix("Value error, ")
+    if not first["loc"]:  # a check across fields (a composition naming an unknown intermediate)
+        return XtlError(msg, where=where)
+    field = _field_path(first["loc"])
+    if first["type"] in ("missing", "extra_forbidden"):
+        return XtlError(f"field {field!r}: {msg}", where=where, fix=f"recipe fields: {fields}")
+    value = first.get("input")
+    shown = f"={value!r}" if value is not None and not isinstance(value, (dict, list)) else ""
+    return XtlError(f"field {field!r}{shown}: {msg}", where=where)
+
+
+@contextmanager
+def _at(where: str):
+    """Re-raise a check's XtlError under the recipe field it is about (`recipe.yaml: targets[0].task`)."""
+    try:
+        yield
+    except XtlError as e:
+        text = checks.message_of(e) if e.where and "/" not in e.where else str(e).split("\n  fix:")[0]
+        raise XtlError(text, where=where, fix=e.fix) from None
+
+
+def _train_layers(recipe: Recipe, task: str | None, entry: str, spec) -> list[tuple[str, dict]]:
+    """Where an entry's training settings come from, lowest first, each with the path a user
+    would edit: the task's defaults < the recipe's `train:` < the entry's `train:` < its `steps:`."""
+    layers = [(f"task {task} defaults.train", task_train_defaults(task)), ("train", recipe.train),
+              (f"{entry}.train", spec.train)]
+    if spec.steps is not None:
+        layers.append((entry, {"steps": spec.steps}))
+    return layers
+
+
+def check_train_layers(layers: list[tuple[str, dict]], where: str) -> None:
+    """The merged training settings of one entry build a TrainConfig; a bad value is one XtlError
+    naming the file, the field path that set it (`targets[0].train.batch_size`) and the value."""
+    from .trainer import TrainConfig
+
+    merged: dict[str, tuple[str, Any]] = {}
+    for path, layer in layers:
+        if not isinstance(layer, dict):
+            raise XtlError(f"field {path!r} must be a mapping of training settings, got {layer!r}", where=where,
+                           fix=f"e.g. train: {{steps: 200, lr: 1e-3}}; fields: {', '.join(TrainConfig.model_fields)}")
+        for k, v in layer.items():
+            merged[k] = (f"{path}.{k}", v)
+    for k, (path, v) in merged.items():
+        checks.train_setting(k, v, f"{where}: {path}")
+        _train_config({k: v}, f"{where}: {path}")  # one field at a time: the error names its path
+    _train_config({k: v for k, (_, v) in merged.items()}, f"{where}: {layers[-1][0]}")  # fields together
+
+
+def _train_config(raw: dict, where: str):
+    from .trainer import TrainConfig
+
+    try:
+        return TrainConfig.model_validate(raw, context={"where": where})
+    except ValidationError as e:  # a TrainConfig that does not translate its own errors
         first = e.errors()[0]
-        field = ".".join(str(x) for x in first["loc"])
-        raise XtlError(
-            f"field {field!r}: {first['msg']}",
-            where=str(path),
-            fix=f"recipe fields: {', '.join(f for f in Recipe.model_fields if f != 'file')}",
-        ) from None
+        raise XtlError(f"invalid training setting {_field_path(first['loc'])}={first.get('input')!r}: {first['msg']}",
+                       where=where, fix=f"training fields: {', '.join(TrainConfig.model_fields)}") from None
+
+
+def check_recipe(recipe: Recipe) -> None:
+    """What the recipe's types cannot say, checked before any work (a dry run included): its
+    backbone can be loaded, it has targets, every task it names exists, and every entry's merged
+    training settings are valid (`train.steps: "abc"` fails here, not hours into a grid)."""
+    from .methods import get_method
+    from .tasks import get_task
+
+    where = recipe.file or "recipe"
+    checks.backbone(recipe.backbone, f"{where}: backbone")
+    with _at(f"{where}: method"):
+        method = get_method(recipe.method)
+    method.make_config(recipe.method_config, where=f"{where}: method_config")
+    if not recipe.targets:
+        raise XtlError("the recipe has no targets: nothing to train or evaluate", where=f"{where}: targets",
+                       fix="targets: [{task: sib200}]")
+    with _at(f"{where}: tasks_dir"):
+        catalog = recipe.catalog()
+    with catalog.active():
+        for i, inter in enumerate(recipe.intermediate):
+            for j, t in enumerate(inter.multitask or [inter.task]):
+                with _at(f"{where}: intermediate[{i}]." + (f"multitask[{j}]" if inter.multitask else "task")):
+                    get_task(t)
+            check_train_layers(_train_layers(recipe, inter.task, f"intermediate[{i}]", inter), where)
+        for i, target in enumerate(recipe.targets):
+            with _at(f"{where}: targets[{i}].task"):
+                spec = get_task(target.task)
+            for lang in target.languages or []:
+                with _at(f"{where}: targets[{i}].languages"):
+                    spec.language_code(lang)
+            check_train_layers(_train_layers(recipe, target.task, f"targets[{i}]", target), where)
 
 
 # ------------------------------------------------------------------------------------- plans
@@ -233,6 +396,17 @@ def expand(recipe: Recipe) -> Plan:
         return _expand(recipe)
 
 
+def _check_planned_name(name: str, recipe: Recipe, what: str) -> None:
+    """Every module a plan registers and checkpoints under `<run>/checkpoints/<name>` has a name
+    that stays one folder (a recipe built in code skips load_recipe's checks: this is the last
+    line)."""
+    try:
+        checks.module_name(name, "name")
+    except XtlError as e:
+        raise XtlError(f"{what} would be registered as {name!r}, not a safe module name", where=recipe.file or "recipe",
+                       fix=e.fix) from None
+
+
 def _expand(recipe: Recipe) -> Plan:
     from .methods import get_method
     from .tasks import get_task
@@ -252,7 +426,7 @@ def _expand(recipe: Recipe) -> Plan:
     for seed in recipe.seeds:
         for inter in recipe.intermediate:
             tr = {**task_train_defaults(inter.task), **recipe.train, **inter.train, "seed": seed}
-            if inter.steps:
+            if inter.steps is not None:
                 tr["steps"] = inter.steps
             what = {"task": inter.task} if inter.task else {"multitask": inter.multitask, "sampling": inter.sampling,
                                                              "cap": inter.cap}
@@ -260,6 +434,7 @@ def _expand(recipe: Recipe) -> Plan:
             stem = get_task(inter.task).name if inter.task else "mt-" + "-".join(get_task(t).name for t in inter.multitask)
             name = f"{inter.name}-seed{seed}" if inter.name and len(recipe.seeds) > 1 else inter.name
             name = name or f"{stem}-{recipe.method}-{key[:8]}"
+            _check_planned_name(name, recipe, f"intermediate {inter.label!r}")
             modules[(inter.label, seed)] = ModuleJob(
                 name=name, task=inter.task or "mt:" + "+".join(inter.multitask), seed=seed, train=tr, key=key,
                 multitask=inter.multitask, sampling=inter.sampling, cap=inter.cap)
@@ -268,7 +443,7 @@ def _expand(recipe: Recipe) -> Plan:
     for target in recipe.targets:
         for seed in recipe.seeds:
             tr = {**task_train_defaults(target.task), **recipe.train, **target.train, "seed": seed}
-            if target.steps:
+            if target.steps is not None:
                 tr["steps"] = target.steps
             retrieval = get_task(target.task).format == "retrieval"
             for comp in recipe.compositions:
@@ -288,10 +463,12 @@ def _expand(recipe: Recipe) -> Plan:
                     resolved = {**base, "target": target.task, "composition": {**spec, "modules": [j.key for j in inter_jobs]},
                                 "train": tr, "languages": target.languages, "eval_limit": target.eval_limit}
                     key = config_hash(resolved)
+                    cell_name = f"{get_task(target.task).name}-{comp.kind}-{key[:8]}"
+                    _check_planned_name(cell_name, recipe, f"target {target.task!r}")
                     cells.append(Cell(
                         key=key, target=target.task, composition=comp.kind, composition_spec=spec,
                         intermediates=[j.name for j in inter_jobs], seed=seed, languages=target.languages,
-                        eval_limit=target.eval_limit, train=tr, name=f"{get_task(target.task).name}-{comp.kind}-{key[:8]}",
+                        eval_limit=target.eval_limit, train=tr, name=cell_name,
                     ))
     return Plan(recipe=recipe, modules=list(modules.values()), cells=cells,
                 recipe_hash=config_hash(recipe.model_dump(exclude={"file"} | (set() if recipe.tasks_dir else {"tasks_dir"}))))

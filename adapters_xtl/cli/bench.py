@@ -38,9 +38,68 @@ def _bools(s: str, where: str) -> list[bool]:
 
 def _ints(s: str, where: str) -> list[int]:
     try:
-        return [int(x) for x in _list(s) or []]
+        out = [int(x) for x in _list(s) or []]
     except ValueError:
         raise XtlError(f"{s!r} is not a list of integers", where=where, fix="e.g. 128,256,384") from None
+    for n in out:
+        if n < 1:
+            raise XtlError(f"{s!r} has {n}: every entry must be at least 1", where=where, fix="e.g. 128,256,384")
+    return out
+
+
+def check_bench_options(*, shapes, methods, quant, seq, batch, steps, warmup, grad_ckpt, optimizer, embeddings, attn,
+                        compile, backbone, peer_steps, peer_batch, peer_task, peak_size, peak_flops, timeout, json_path,
+                        data_dir, device, peer, emb, padding, all_sections) -> None:
+    """Every flag of `xtl bench`, before the matmul peak is measured or a configuration runs: a
+    typo in the last axis must not cost the minutes the first ones take."""
+    from .. import checks
+    from ..backbone import QUANTIZATIONS
+    from ..bench import SHAPES
+    from ..compress import OPTIMIZERS, parse_embeddings_mode
+    from ..errors import did_you_mean
+    from ..methods import method_names
+
+    checks.device(device)
+    for n, where in ((batch, "--batch"), (steps, "--steps"), (peak_size, "--peak-size"), (peer_steps, "--peer-steps"),
+                     (peer_batch, "--peer-batch")):
+        checks.at_least(n, 1, where)
+    checks.at_least(warmup, 0, "--warmup")
+    checks.positive_number(timeout, "--timeout", fix="seconds per configuration, e.g. 600")
+    checks.positive_number(peak_flops, "--peak-flops", fix="the device's peak FLOP/s, e.g. 1e14, or leave it out to measure")
+    if seq:
+        _ints(seq, "--seq")
+    _bools(grad_ckpt, "--grad-ckpt")
+    _bools(compile, "--compile")
+    for m in _list(methods) or []:
+        if m not in method_names():
+            raise XtlError(f"unknown method {m!r}", where="--methods", fix=did_you_mean(m, method_names()))
+    for q in _list(quant) or []:
+        if q not in QUANTIZATIONS:
+            raise XtlError(f"unknown quantization {q!r}", where="--quant", fix=did_you_mean(q, QUANTIZATIONS))
+    for o in _list(optimizer) or []:
+        if o not in OPTIMIZERS:
+            raise XtlError(f"unknown optimizer {o!r}", where="--optimizer", fix=did_you_mean(o, OPTIMIZERS))
+    for e in _list(embeddings) or []:
+        try:
+            parse_embeddings_mode(e)
+        except XtlError as err:
+            raise XtlError(checks.message_of(err), where="--embeddings", fix=err.fix) from None
+    for a in _list(attn) or []:
+        if a not in ("sdpa", "eager"):
+            raise XtlError(f"unknown attention {a!r}", where="--attn", fix="sdpa | eager")
+    for sh in _list(shapes) or []:
+        if sh not in SHAPES and not Path(sh).expanduser().is_dir() and "/" not in sh and not sh.startswith("xlm-roberta"):
+            raise XtlError(f"unknown bench shape {sh!r}", where="--shapes",
+                           fix=did_you_mean(sh, SHAPES) + ", or a backbone folder / Hub id")
+    if peer or emb or all_sections:
+        checks.backbone(backbone, "--backbone")
+    if peer or all_sections:
+        from ..tasks import get_task
+
+        get_task(peer_task)
+    if padding or all_sections:
+        checks.input_dir(data_dir, "--data-dir")
+    checks.output_file(json_path, "--json")
 
 
 def _gib(n) -> str:
@@ -163,6 +222,11 @@ def bench(
     from ..backbone import pick_device
     from ..cost import device_name, measure_peak_flops
 
+    check_bench_options(shapes=shapes, methods=methods, quant=quant, seq=seq, batch=batch, steps=steps, warmup=warmup,
+                        grad_ckpt=grad_ckpt, optimizer=optimizer, embeddings=embeddings, attn=attn, compile=compile,
+                        backbone=backbone, peer_steps=peer_steps, peer_batch=peer_batch, peer_task=peer_task,
+                        peak_size=peak_size, peak_flops=peak_flops, timeout=timeout, json_path=json_path,
+                        data_dir=data_dir, device=device, peer=peer, emb=emb, padding=padding, all_sections=all_sections)
     dev = pick_device(device)
     run_grid = grid or all_sections or not (memory or speed or padding or peer or emb)
     out: dict = {}

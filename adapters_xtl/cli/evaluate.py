@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from .. import checks
+from ..errors import XtlError
 from .common import console, langs, registry as open_registry, scores_table
 
 
@@ -17,7 +19,7 @@ def eval_cmd(
     backbone: str = typer.Option("xlmr-e5-small"),
     quantization: str = typer.Option("none"),
     languages: Optional[str] = typer.Option(None),
-    limit: Optional[int] = typer.Option(None, help="examples per language"),
+    limit: Optional[int] = typer.Option(None, help="examples per language (>= 1; default: all)"),
     data_dir: Optional[Path] = typer.Option(None),
     results: Path = typer.Option(Path("xtl-out/results.jsonl")),
     save_predictions: Optional[Path] = typer.Option(
@@ -29,15 +31,27 @@ def eval_cmd(
     """Evaluate a registry module (or the bare backbone, for retrieval) zero-shot per language."""
     from ..api import Backbone
     from ..pipeline import evaluate_module
-    from ..session import parse_ref
     from ..tasks import get_task
 
+    # every option before the backbone loads: nothing is scored, appended or updated on a bad one
+    checks.at_least(limit, 1, "--limit", fix="examples per language to evaluate, or leave it out for all")
     spec = get_task(task)
     for lang in langs(languages) or []:
         spec.language_code(lang)
+    checks.quantization(quantization, "--quantization")
+    checks.backbone(backbone, "--backbone")
+    checks.device(device)
+    checks.registry_root(registry, "--registry", write=bool(module))  # eval records its scores in the module
     reg = open_registry(registry)
     if module:
-        reg.manifest(*parse_ref(module))  # unknown module or version: fail before loading the backbone
+        reg.manifest(*checks.module_ref(module, "--module"))  # unknown module or version
+    elif spec.format != "retrieval":
+        raise XtlError(f"task {spec.name!r} ({spec.format}) needs a trained module", where="--module",
+                       fix="pass --module NAME or NAME@VERSION (train one with `xtl train`); only retrieval tasks "
+                           "score the bare backbone")
+    checks.input_dir(data_dir, "--data-dir")
+    checks.output_file(results, "--results")
+    checks.output_file(save_predictions, "--save-predictions")
     bb = Backbone.load(backbone, quantization, device)
     t0 = time.perf_counter()
     scores = evaluate_module(bb, module, spec, registry=reg, languages=langs(languages), data_dir=data_dir,

@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from .. import checks
 from ..errors import XtlError
 from .common import console, print_json, registry as open_registry
 
@@ -55,17 +56,25 @@ def predict(
 ):
     """Predict with a trained module: labels + probabilities, tags per word, answer spans, chosen options or embeddings."""
     from ..api import Backbone
-    from ..session import parse_ref
 
     if not text and not file:
         raise XtlError("nothing to predict", where="--text/--file", fix="pass --text 'a sentence' or --file inputs.jsonl")
-    if batch_size < 1:
-        raise XtlError(f"--batch-size must be at least 1, got {batch_size}", where="--batch-size")
+    checks.at_least(batch_size, 1, "--batch-size", fix="inputs per forward pass, e.g. 32")
     inputs = list(text or []) + (read_inputs(file) if file else [])
+    if quantization is not None:
+        checks.quantization(quantization, "--quantization")
+    checks.device(device)
+    checks.registry_root(registry, "--registry", write=False)
     reg = open_registry(registry)
-    man = reg.manifest(*parse_ref(module))  # unknown module/version: before loading anything
+    man = reg.manifest(*checks.module_ref(module, "--module"))  # unknown module/version: before loading anything
+    if task:
+        from ..tasks import get_task
+
+        get_task(task)
+    checks.output_file(out, "--out")
     if backbone == "xlmr-e5-small" and man.backbone.model_id not in ("xlmr-e5-small",):
         backbone = man.backbone.model_id  # the module's own backbone unless one is named
+    checks.backbone(backbone, "--backbone")
     bb = Backbone.load(backbone, quantization or man.backbone.quantization, device)
     with reg.load_module(module, backbone=bb, task=task) as mod:
         preds = mod.predict(inputs, batch_size=batch_size)

@@ -9,6 +9,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from .. import checks
+from ..errors import XtlError
 from .common import console, progress, registry as open_registry
 
 
@@ -23,12 +25,32 @@ def run(
     """Run a recipe: train/reuse intermediate modules, run every cell, write results and a report."""
     from ..api import Recipe
 
+    checks.input_dir(data_dir, "--data-dir")
     overrides = {"data_dir": str(data_dir.resolve())} if data_dir else None
-    plan = Recipe.load(recipe, overrides).expand()
+    plan = Recipe.load(recipe, overrides).expand()  # the whole recipe is checked here (recipe.check_recipe)
     run_plan_and_report(plan, out or Path("runs") / plan.recipe.name, dry_run=dry_run, registry=registry, device=device)
 
 
+def check_run_options(plan, out: Path, *, registry: Optional[Path], device: Optional[str], dry_run: bool) -> None:
+    """The options of `xtl run` / `quickstart` / the plan itself, before the run folder is made."""
+    if not plan.cells:
+        raise XtlError("the recipe expands to no cells (its compositions do not apply to its targets)",
+                       where=plan.recipe.file or "recipe", fix="add a composition its targets take, e.g. single")
+    checks.device(device)
+    checks.registry_root(registry, "--registry", write=not dry_run)
+    if not dry_run:
+        checks.output_dir(out, "--out")
+    elif out.exists() and not out.is_dir():
+        checks.output_dir(out, "--out")
+
+
 def run_plan_and_report(plan, out: Path, *, dry_run: bool, registry: Optional[Path], device: Optional[str]):
+    check_run_options(plan, out, registry=registry, device=device, dry_run=dry_run)
+    with plan.recipe.catalog().active():  # the recipe's tasks_dir names its tasks for the plan table too
+        _run_plan_and_report(plan, out, dry_run=dry_run, registry=registry, device=device)
+
+
+def _run_plan_and_report(plan, out: Path, *, dry_run: bool, registry: Optional[Path], device: Optional[str]):
     from ..api import run as api_run
     from ..evaluation import read_results
     from ..reporting import rich_tables, score_table, write_report
@@ -86,9 +108,12 @@ def quickstart(
     modules, a target trained with and without them, zero-shot in 7 languages, a table."""
     from ..recipe import BUILTIN, expand, load_recipe
 
-    overrides = {"train": {"steps": steps}} if steps else None
+    checks.at_least(steps, 1, "--steps", fix="optimizer steps per module, e.g. 20 for a fast look; leave it out "
+                                              "for the recipe's")
+    checks.output_dir(out, "--out")
+    overrides = {"train": {"steps": steps}} if steps is not None else None
     recipe = load_recipe(BUILTIN / "quickstart.yaml", overrides)
-    if steps:
+    if steps is not None:
         for part in recipe.intermediate + recipe.targets:
             part.steps = steps
     plan = expand(recipe)

@@ -30,8 +30,16 @@ def study(
 ):
     """Run a study: its grid (cached cells and registry modules reused), the statistics, and a
     report: OUT/study.md (with figures) and OUT/study.json."""
+    from .. import checks
+    from ..studies import get_study
     from ..studies.context import run_study
 
+    get_study(name)  # an unknown study, then every option: before its grid starts
+    checks.input_dir(data_dir, "--data-dir")
+    checks.device(device)
+    checks.registry_root(registry, "--registry", write=not dry_run)
+    if not dry_run or (out and out.exists()):
+        checks.output_dir(out or Path("runs") / f"study-{name}", "--out")
     res = run_study(name, recipe=recipe, out=out, data_dir=data_dir, registry=registry, console=console,
                     device=device, dry_run=dry_run)
     if res is None:

@@ -1,14 +1,22 @@
-"""`xtl train`: one module on English data, zero-shot scores per language, registered."""
+"""`xtl train`: one module on English data, zero-shot scores per language, registered.
+
+Every option is checked before the backbone loads (`check_train_options`); training keeps
+resumable checkpoints in `<checkpoint-dir>/<name>-<settings hash>` (default: `checkpoints/` next
+to `--results`), so a killed `xtl train` run again with the same options resumes where it stopped
+and ends with the same weights; the folder is removed once the module is registered.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from .. import checks
 from ..errors import XtlError
 from .common import console, langs, progress, registry as open_registry, scores_table
 
@@ -19,48 +27,109 @@ def train(
     backbone: str = typer.Option("xlmr-e5-small", help="xlmr-e5-small, xlm-roberta-base/large, a Hub id or a folder"),
     quantization: str = typer.Option("none", help="none | 8bit | 4bit"),
     name: Optional[str] = typer.Option(None, help="registry name (default <task>-<method>)"),
-    steps: Optional[int] = typer.Option(None),
-    batch_size: Optional[int] = typer.Option(None),
-    lr: Optional[float] = typer.Option(None),
+    steps: Optional[int] = typer.Option(None, help="optimizer steps (>= 1; default: the task's)"),
+    batch_size: Optional[int] = typer.Option(None, help="examples per step (>= 1)"),
+    lr: Optional[float] = typer.Option(None, help="learning rate (> 0)"),
     seed: int = typer.Option(42),
-    eval_every: Optional[int] = typer.Option(None),
-    max_train_examples: Optional[int] = typer.Option(None),
-    method_config: Optional[str] = typer.Option(None, help='JSON, e.g. \'{"r": 16}\''),
+    eval_every: Optional[int] = typer.Option(None, help="steps between dev evaluations (>= 1)"),
+    max_train_examples: Optional[int] = typer.Option(None, help="training examples at most (>= 1)"),
+    method_config: Optional[str] = typer.Option(None, help='JSON object, e.g. \'{"r": 16}\''),
     init_from: Optional[str] = typer.Option(None, help="registry module to start from (STILTs continue), NAME[@VERSION]"),
     languages: Optional[str] = typer.Option(None, help="comma-separated evaluation languages (default: all)"),
-    eval_limit: Optional[int] = typer.Option(None, help="evaluation examples per language"),
+    eval_limit: Optional[int] = typer.Option(None, help="evaluation examples per language (>= 1; default: all)"),
     data_dir: Optional[Path] = typer.Option(None, help="folder with local data (default $XTL_DATA or ../shared/data)"),
     results: Path = typer.Option(Path("xtl-out/results.jsonl"), help="results file to append to"),
+    checkpoint_dir: Optional[Path] = typer.Option(
+        None, help="where training checkpoints go (default: checkpoints/ next to --results); a rerun of the same "
+                   "command resumes from them; removed once the module is registered"),
     registry: Optional[Path] = typer.Option(None, help="registry folder (default $XTL_REGISTRY or ./registry)"),
     device: Optional[str] = typer.Option(None),
 ):
     """Train a task module on English data, evaluate it zero-shot on every language, register it."""
     from ..api import Backbone, Continue, train as api_train
-    from ..tasks import get_task
-    from ..trainer import TrainConfig
 
-    spec = get_task(task)
-    cfg = TrainConfig.resolve(spec, dict(steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every,
-                                         max_train_examples=max_train_examples, seed=seed), where="options")
-    try:
-        mcfg = json.loads(method_config) if method_config else {}
-    except json.JSONDecodeError as e:
-        raise XtlError(f"--method-config is not JSON: {e}", where="--method-config") from None
-    from ..methods import get_method
-
-    method_obj = get_method(method).make_config(mcfg, where="--method-config")
-    for lang in langs(languages) or []:
-        spec.language_code(lang)
+    spec, cfg, method_obj, name, init_ref = check_train_options(
+        task=task, method=method, backbone=backbone, quantization=quantization, name=name, steps=steps,
+        batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every, max_train_examples=max_train_examples,
+        method_config=method_config, init_from=init_from, languages=languages, eval_limit=eval_limit,
+        data_dir=data_dir, results=results, checkpoint_dir=checkpoint_dir, registry=registry, device=device)
+    ckpt = checkpoint_folder(checkpoint_dir or results.parent / "checkpoints", name, spec=spec, method=method,
+                             method_obj=method_obj, cfg=cfg, backbone=backbone, quantization=quantization,
+                             init_ref=init_ref, data_dir=data_dir)
     t0 = time.perf_counter()
     bb = Backbone.load(backbone, quantization, device)
     console.print(f"backbone {bb.fingerprint.short()} ({bb.total_params() / 1e6:.1f}M params) in {time.perf_counter() - t0:.1f}s")
     reg = open_registry(registry)
+    console.print(f"checkpoints in {ckpt}" + (" (resuming)" if ckpt.exists() else ""))
     with progress() as report:
-        tm = api_train(bb, spec, method=method_obj, compose=Continue(init_from) if init_from else None, registry=reg,
+        tm = api_train(bb, spec, method=method_obj, compose=Continue(init_ref) if init_ref else None, registry=reg,
                        config=cfg, name=name, languages=langs(languages), eval_limit=eval_limit, data_dir=data_dir,
-                       results=results, progress=report)
+                       results=results, checkpoint_dir=ckpt, progress=report)
+    shutil.rmtree(ckpt, ignore_errors=True)  # the module is registered: its checkpoints are done
     console.print(f"trainable parameters: {tm.trainable_params:,} ({100 * tm.trainable_params / tm.total_params:.2f}% of {tm.total_params:,})")
+    resumed = f", resumed from step {tm.result.resumed_from}" if tm.result.resumed_from else ""
     console.print(f"trained {cfg.steps} steps in {tm.result.seconds:.1f}s ({tm.result.seconds / max(1, cfg.steps):.2f} s/step), "
-                  f"best dev step {tm.result.best_step}, padding waste {100 * tm.result.padding_waste:.1f}%")
+                  f"best dev step {tm.result.best_step}, padding waste {100 * tm.result.padding_waste:.1f}%{resumed}")
     console.print(scores_table(f"{tm.manifest.name} v{tm.manifest.version} on {spec.name} (zero-shot)", tm.scores))
     console.print(f"registered {tm.manifest.name} v{tm.manifest.version} in {reg.root}; results appended to {results}")
+
+
+def check_train_options(*, task, method, backbone, quantization, name, steps, batch_size, lr, seed, eval_every,
+                        max_train_examples, method_config, init_from, languages, eval_limit, data_dir, results,
+                        checkpoint_dir, registry, device):
+    """Every option of `xtl train`, checked before anything loads or is written: returns (task
+    spec, TrainConfig, method config, module name, pinned `init_from` or None)."""
+    from ..methods import get_method
+    from ..pipeline import model_format_trainable
+    from ..tasks import get_task
+    from ..trainer import TrainConfig
+
+    given = dict(steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every,
+                 max_train_examples=max_train_examples)
+    for key, value in given.items():
+        checks.train_setting(key, value, "--" + key.replace("_", "-"))
+    checks.at_least(eval_limit, 1, "--eval-limit", fix="examples per language to evaluate, or leave it out for all")
+    spec = get_task(task)
+    if not model_format_trainable(spec):
+        raise XtlError(f"task {spec.name!r} ({spec.format}) has no training", where="--task",
+                       fix="retrieval tasks evaluate a module directly: use `xtl eval`")
+    cfg = TrainConfig.resolve(spec, dict(given, seed=seed), where="--steps/--batch-size/--lr/... or the task's defaults")
+    try:
+        mcfg = json.loads(method_config) if method_config else {}
+    except json.JSONDecodeError as e:
+        raise XtlError(f"{method_config!r} is not JSON: {e}", where="--method-config",
+                       fix='a JSON object, e.g. \'{"r": 16}\'') from None
+    if not isinstance(mcfg, dict):
+        raise XtlError(f"{method_config!r} is not a JSON object", where="--method-config",
+                       fix='a JSON object of method settings, e.g. \'{"r": 16}\'')
+    method_obj = get_method(method).make_config(mcfg, where="--method-config")
+    for lang in langs(languages) or []:
+        spec.language_code(lang)
+    checks.quantization(quantization, "--quantization")
+    checks.backbone(backbone, "--backbone")
+    checks.device(device)
+    name = checks.module_name(name or f"{spec.name}-{method}", "--name")
+    checks.registry_root(registry, "--registry", write=True)
+    init_ref = None
+    if init_from:
+        ref_name, version = checks.module_ref(init_from, "--init-from")
+        man = open_registry(registry).manifest(ref_name, version)  # unknown module or version: now
+        init_ref = f"{man.name}@{man.version}"
+    checks.input_dir(data_dir, "--data-dir")
+    checks.output_file(results, "--results")
+    checks.output_dir(checkpoint_dir or results.parent / "checkpoints", "--checkpoint-dir")
+    return spec, cfg, method_obj, name, init_ref
+
+
+def checkpoint_folder(root: Path, name: str, *, spec, method, method_obj, cfg, backbone, quantization, init_ref,
+                      data_dir) -> Path:
+    """`<root>/<name>-<hash>`: the hash covers everything that decides the trained weights, so a
+    rerun of the same command resumes and a changed one (other steps, task, backbone, starting
+    module) starts afresh instead of resuming someone else's run."""
+    from ..store.manifest import config_hash
+
+    key = config_hash({"task": spec.model_dump(mode="json"), "method": method,
+                       "method_config": method_obj.model_dump(), "train": cfg.model_dump(), "backbone": backbone,
+                       "quantization": quantization, "init_from": init_ref,
+                       "data_dir": str(data_dir.resolve()) if data_dir else None})
+    return root / f"{name}-{key[:12]}"
