@@ -61,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         rc = app(args=argv, standalone_mode=False)  # click returns typer.Exit's code in this mode
         return rc if isinstance(rc, int) and not isinstance(rc, bool) else 0
     except XtlError as e:
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {e}", highlight=False)
+        from rich.markup import escape
+
+        # the message is text, not markup: a value like "[/x]" must print as itself
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
         return 2
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted: finished cells and checkpoints are kept; run again to resume")
