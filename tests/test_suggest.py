@@ -68,6 +68,23 @@ def test_hscore_by_hand_and_on_separable_vs_random_labels():
     assert hscore(x, rng.permutation(y)) < 0.2
 
 
+def test_hscore_on_few_examples_in_many_dimensions_separates_signal_from_noise():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, 60)
+    noise = rng.normal(size=(60, 100))  # fewer examples than dimensions
+    signal = noise + 0.5 * np.eye(4)[y] @ rng.normal(size=(4, 100))
+
+    def plain(x):  # the sample covariance (pseudo-inverted): saturated at classes - 1 = 3 for any labels
+        xc = x - x.mean(axis=0)
+        means = np.zeros_like(xc)
+        for c in range(4):
+            means[y == c] = xc[y == c].mean(axis=0)
+        return np.trace(np.linalg.pinv(xc.T @ xc) @ (means.T @ means))
+
+    assert plain(noise) == pytest.approx(3.0, abs=1e-6) and plain(signal) == pytest.approx(3.0, abs=1e-6)
+    assert hscore(signal, y) > 2.0 > 0.5 > hscore(noise, y)  # on the top 6 principal components
+
+
 def test_transfer_estimates_refuse_bad_input():
     with pytest.raises(ValueError, match="2 classes"):
         logme(np.ones((4, 2)), [1, 1, 1, 1])

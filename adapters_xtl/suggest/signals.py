@@ -258,7 +258,7 @@ class SignalContext:
             return logme(f, y) if which == "logme" else hscore(f, y)
 
         return (self.cache.get(f"logme|{key}", lambda: compute("logme")),
-                self.cache.get(f"hscore|{key}", lambda: compute("hscore")))
+                self.cache.get(f"hscore-pca|{key}", lambda: compute("hscore")))
 
     def transferability(self, ref: str | None, target: str) -> dict[str, float]:
         """``{"logme", "hscore"}`` with module ``ref`` active minus the bare backbone's."""

@@ -15,9 +15,10 @@ each candidate module active and reports the change against the bare backbone.
   (the tests check it against ``scipy.stats.multivariate_normal``).
 * :func:`hscore` (Bao et al. 2019, "An Information-theoretic Approach to Transferability in
   Task Transfer Learning"): ``tr(cov(f)^-1 cov(E[f | y]))``, the share of the feature variance
-  that the class means explain, summed over directions.  The feature covariance gets a small
-  ridge (``ridge`` times its mean eigenvalue) so that it can be inverted when there are fewer
-  examples than dimensions (as in the regularised H-score of Ibrahim et al. 2022).
+  that the class means explain, summed over directions, on the top ``n / 10`` principal
+  components of the features: with fewer examples than dimensions (200 sentences, 384
+  dimensions) the sample covariance is singular and the plain H-score saturates at
+  ``classes - 1`` whatever the features.
 """
 
 from __future__ import annotations
@@ -111,20 +112,30 @@ def logme(features: Any, labels: Any, *, return_params: bool = False):
     return (value, params) if return_params else value
 
 
-def hscore(features: Any, labels: Any, *, ridge: float = 1e-6) -> float:
-    """H-score ``tr(cov(f)^-1 cov(E[f | y]))`` (population covariances), in [0, rank]: 0 when the
-    class means coincide, up to ``min(d, classes - 1)`` for perfectly separated classes."""
+def hscore(features: Any, labels: Any, *, components: int | None = None) -> float:
+    """H-score ``tr(cov(f)^-1 cov(E[f | y]))`` (population covariances) in [0, min(r, classes-1)]:
+    0 when the class means coincide, ``classes - 1`` for perfectly separated classes.
+
+    The features are first projected onto their top ``components`` principal directions
+    (default ``n // 10``, at most the dimension, at least 1), so the covariance is estimated from
+    ten examples per dimension: with fewer examples than dimensions (200 sentences, 384
+    dimensions) the sample covariance is singular and the plain H-score sits at ``classes - 1``
+    for any labels."""
     f, y = _inputs(features, labels)
     classes = _classes(y)
+    n, d = f.shape
+    r = components or max(1, min(d, n // 10))
     fc = f - f.mean(axis=0)
-    cov = fc.T @ fc / f.shape[0]
+    if r < d:
+        _, _, vt = np.linalg.svd(fc, full_matrices=False)
+        fc = fc @ vt[:r].T
+    cov = fc.T @ fc / n
     means = np.zeros_like(fc)
     for c in classes:
         idx = y == c
         means[idx] = fc[idx].mean(axis=0)
-    cov_between = means.T @ means / f.shape[0]
+    cov_between = means.T @ means / n
     scale = float(np.trace(cov)) / cov.shape[0]
     if scale <= 0:
         return 0.0
-    reg = cov + ridge * scale * np.eye(cov.shape[0])
-    return float(np.trace(np.linalg.solve(reg, cov_between)))
+    return float(np.trace(np.linalg.solve(cov + 1e-9 * scale * np.eye(cov.shape[0]), cov_between)))
