@@ -1,14 +1,29 @@
 """Run a plan on one loaded backbone: intermediate modules first, then every cell, resumably.
 
-Each finished cell writes `cells/<key>.json` atomically and appends its rows to `results.jsonl`;
-a re-run skips finished cells (cache by resolved-config hash) and reuses registry modules, so a
-crash or Ctrl-C costs at most the cell in flight.
+A kill at any moment costs at most the cell in flight, and never duplicates or loses a row:
+
+- One `xtl run` per run folder: `<run>/.lock` is held for the whole run (an OS lock, gone when
+  its process dies, so a killed run never blocks the next); a second run is refused naming the PID.
+- A finished cell commits in one atomic write, `cells/<key>.json`, which holds its rows; only
+  then are the rows appended to `results.jsonl`. Every run starts by closing that window
+  (`repair_results`): a half line a kill left at the end of `results.jsonl` is cut, and the file
+  is made to hold exactly the rows of every cell record, once each (one row per cell, language
+  and metric).
+- A module registered before the kill is not trained again: the rerun reuses the version this run
+  folder (`<run>/run.json` holds its id) registered for that cell (`cell` and `run` in its
+  manifest) or for that intermediate (`train_key`; any run's, when the recipe has
+  `reuse_registry`), and a training cut short resumes from its checkpoint (trainer.py) to the
+  same weights.
+- Every training setting of the plan is checked before any work starts.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -16,6 +31,7 @@ from rich.console import Console
 from .cost import estimate_hours, measured_peak_flops  # noqa: F401
 from .errors import XtlError
 from .evaluation import append_results, read_results
+from .io import TMP_PREFIX, LockHeld, atomic_write_bytes, exclusive_lock, repair_jsonl_tail
 from .recipe import Cell, ModuleJob, Plan
 from .store.registry import Registry
 from .tasks import get_task
@@ -36,15 +52,141 @@ def _atomic_json(path: Path, obj) -> None:
     atomic_write_json(path, obj, indent=2, ensure_ascii=False)
 
 
-def _train_config(raw: dict, where: str) -> TrainConfig:
+RUN_LOCK = ".lock"
+RUN_ID = "run.json"
+ROW_KEY = ("cell", "language", "metric")  # one row per cell, language and metric
+# labels a study puts into a job's `train` to tell otherwise equal jobs apart (steps study: the
+# step a snapshot is taken at); part of the job's key, not a training setting
+JOB_LABELS = frozenset({"snapshot_step"})
+
+
+def _train_config(raw: dict, where: str, allow_untrained: bool = False) -> TrainConfig:
+    """A job's resolved `train:` as a TrainConfig; a bad value is TrainConfig's one XtlError."""
+    return TrainConfig.resolve(None, {k: v for k, v in raw.items() if k not in JOB_LABELS}, where=where,
+                               allow_untrained=allow_untrained)
+
+
+def train_configs(plan: Plan) -> dict[str, TrainConfig]:
+    """Every training setting of the plan checked up front (module name / cell key -> config), so
+    `steps: "abc"` in the last cell fails before the first module trains, not hours later. An
+    intermediate may have 0 steps (an untrained-module baseline: the steps study's step 0); a
+    target may not."""
+    recipe = plan.recipe
+    cfgs = {job.name: _train_config(job.train, f"{recipe.file}: intermediate {job.task}", allow_untrained=True)
+            for job in plan.modules}
+    cfgs.update({c.key: _train_config(c.train, f"{recipe.file}: target {c.target}") for c in plan.cells})
+    return cfgs
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold `<run_dir>/.lock` for the block; refuse at once (XtlError) while another process holds it.
+
+    The lock is the kernel's (flock): it ends with its holder however that ends, so a run killed
+    with SIGKILL leaves no stale lock behind, only the empty lock file."""
+    run_dir = Path(run_dir)
+    with ExitStack() as held:
+        try:
+            held.enter_context(exclusive_lock(run_dir / RUN_LOCK))
+        except LockHeld as e:
+            who = f"PID {e.pid}" if e.pid else "another process"
+            host = e.holder.split()[1] if len(e.holder.split()) > 1 else None
+            raise XtlError(f"{who}{f' on {host}' if host else ''} is already running in this folder",
+                           where=str(run_dir),
+                           fix="wait for that run to finish (then run again: finished cells are reused), or give "
+                           "this one another output folder (--out); the lock is released when that process ends")
+        yield
+
+
+def run_id(run_dir: Path) -> str:
+    """This run folder's identity, recorded in the modules it registers (made once, under the lock)."""
+    from .io import atomic_write_json
+
+    path = Path(run_dir) / RUN_ID
     try:
-        return TrainConfig(**raw)
-    except Exception as e:
-        raise XtlError(f"invalid train settings: {e}", where=where, fix=f"fields: {', '.join(TrainConfig.model_fields)}") from None
+        return str(json.loads(path.read_text(encoding="utf-8"))["run_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        rid = secrets.token_hex(8)
+        atomic_write_json(path, {"run_id": rid, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        return rid
+
+
+def _row_key(row: dict) -> tuple:
+    return tuple(row.get(k) for k in ROW_KEY)
+
+
+def _drop_cells(results: Path, cells: set[str]) -> None:
+    """Rewrite `results` (atomically) without the rows of `cells`; every other line is kept as is."""
+    kept = []
+    for line in results.read_bytes().splitlines(keepends=True):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not (isinstance(row, dict) and row.get("cell") in cells):
+            kept.append(line)
+    atomic_write_bytes(results, b"".join(kept))
+
+
+def repair_results(run_dir: Path) -> dict:
+    """Make `results.jsonl` agree with the cell records (call under the run lock): a half-written
+    last line is cut, and for every record the file holds exactly the record's rows (missing
+    rows appended; rows that differ from it or repeat, from runs of older versions, replaced).
+    Rows of cells without a record are left alone: their cell runs again and replaces them.
+    Returns what was done and the cells that have rows now."""
+    results = Path(run_dir) / "results.jsonl"
+    cut = repair_jsonl_tail(results)
+    expected: dict[str, list[dict]] = {}
+    for rec_path in sorted((Path(run_dir) / "cells").glob("*.json")):
+        try:
+            rec = json.loads(rec_path.read_text(encoding="utf-8"))
+            key, rows = rec["cell"]["key"], rec.get("rows")
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a cell record of ours (those are written atomically)
+        if isinstance(rows, list):  # records of older versions hold no rows: their rows were appended first
+            expected[key] = rows
+    actual: dict[str, list[dict]] = {}
+    for r in read_results(results):
+        if isinstance(r, dict) and r.get("cell"):
+            actual.setdefault(r["cell"], []).append(r)
+
+    def part_of(have: list[dict], want: list[dict]) -> bool:
+        return len({_row_key(r) for r in have}) == len(have) and all(r in want for r in have)
+
+    replace = {c for c, want in expected.items() if c in actual and not part_of(actual[c], want)}
+    if replace:
+        _drop_cells(results, replace)
+    missing = [r for c, want in expected.items() for r in want if c in replace or r not in actual.get(c, [])]
+    if missing:
+        append_results(results, missing)
+    return {"cut": cut, "replaced": sorted(replace), "appended": len(missing),
+            "cells": set(actual) | set(expected)}
+
+
+def _clean_leftovers(run_dir: Path) -> None:
+    """Temp files of this folder's atomic writes that a kill stranded (we hold the lock: no writer)."""
+    for folder in (run_dir, run_dir / "cells"):
+        if folder.is_dir():
+            for p in folder.iterdir():
+                if p.name.startswith(TMP_PREFIX) and p.is_file():
+                    p.unlink(missing_ok=True)
+
+
+def read_run_rows(run_dir: Path) -> list[dict]:
+    """The rows of a run folder, one per (cell, language, metric): the last one written wins, so
+    a file that older versions filled twice reads as if written once."""
+    rows: dict[tuple, dict] = {}
+    for r in read_results(Path(run_dir) / "results.jsonl"):
+        key = _row_key(r)
+        rows.pop(key, None)
+        rows[key] = r
+    return list(rows.values())
 
 
 def describe(plan: Plan, registry: Registry, backbone_fp=None, run_dir: Path | None = None) -> dict:
-    """What a run would do: modules to train vs reuse, cells to run vs cached, training steps."""
+    """What a run would do: modules to train vs reuse, cells to run vs cached, training steps.
+    Checks every training setting first (XtlError)."""
+    cfgs = train_configs(plan)
     reuse = [m.name for m in plan.modules if _find_module(registry, m, backbone_fp) is not None]
     cached = {c.key for c in plan.cells if run_dir and (run_dir / "cells" / f"{c.key}.json").exists()}
     todo = [c for c in plan.cells if c.key not in cached]
@@ -56,19 +198,26 @@ def describe(plan: Plan, registry: Registry, backbone_fp=None, run_dir: Path | N
         "cached_keys": cached,
         "modules_to_train": [m.name for m in to_train],
         "modules_reused": reuse,
-        "training_steps": sum(m.train.get("steps", TrainConfig().steps) for m in to_train)
-        + sum(c.train.get("steps", TrainConfig().steps) for c in todo if get_task(c.target).format != "retrieval"),
+        "training_steps": sum(cfgs[m.name].steps for m in to_train)
+        + sum(cfgs[c.key].steps for c in todo if get_task(c.target).format != "retrieval"),
     }
 
 
-def _find_module(registry: Registry, job: ModuleJob, backbone_fp=None):
+def _find_module(registry: Registry, job: ModuleJob, backbone_fp=None, run: str | None = None):
+    """The newest version of `job.name` trained for this job (`train_key`) on this backbone; with
+    `run`, only one this run folder registered."""
+    return _find_registered(registry, job.name, {"train_key": job.key, **({"run": run} if run else {})}, backbone_fp)
+
+
+def _find_registered(registry: Registry, name: str, match: dict, backbone_fp=None):
     try:
-        versions = registry.versions(job.name)
+        versions = registry.versions(name)
     except XtlError:
         return None
     for v in reversed(versions):
-        man = registry.manifest(job.name, v)
-        if getattr(man, "train_key", None) == job.key and (backbone_fp is None or man.backbone == backbone_fp):
+        man = registry.manifest(name, v)
+        if all(getattr(man, k, None) == want for k, want in match.items()) and (
+                backbone_fp is None or man.backbone == backbone_fp):
             return man
     return None
 
@@ -76,13 +225,18 @@ def _find_module(registry: Registry, job: ModuleJob, backbone_fp=None):
 def run_plan(plan: Plan, run_dir: Path, *, registry: Registry | None = None, backbone=None,
              console: Console | None = None, device: str | None = None, progress=None) -> Path:
     """Run every cell of `plan` not yet finished in `run_dir`; return the results file.
-    `progress` is a callback for ProgressEvents (default: bars on a terminal, lines in a log)."""
+    `progress` is a callback for ProgressEvents (default: bars on a terminal, lines in a log).
+    Refused (XtlError) while another process runs in `run_dir`."""
+    run_dir = Path(run_dir)
     with plan.recipe.catalog().active():
-        return _run_plan(plan, run_dir, registry=registry, backbone=backbone, console=console, device=device,
-                         progress=progress)
+        cfgs = train_configs(plan)
+        with run_lock(run_dir):
+            return _run_plan(plan, run_dir, cfgs, registry=registry, backbone=backbone, console=console,
+                             device=device, progress=progress)
 
 
-def _run_plan(plan: Plan, run_dir: Path, *, registry, backbone, console, device, progress) -> Path:
+def _run_plan(plan: Plan, run_dir: Path, cfgs: dict[str, TrainConfig], *, registry, backbone, console, device,
+              progress) -> Path:
     from .backbone import load_backbone
     from .pipeline import evaluate_module, train_module
 
@@ -91,7 +245,14 @@ def _run_plan(plan: Plan, run_dir: Path, *, registry, backbone, console, device,
     recipe = plan.recipe
     run_dir.mkdir(parents=True, exist_ok=True)
     _atomic_json(run_dir / "plan.json", json.loads(plan.model_dump_json()))
+    rid = run_id(run_dir)
     results = run_dir / "results.jsonl"
+    _clean_leftovers(run_dir)
+    repaired = repair_results(run_dir)
+    if repaired["cut"] or repaired["appended"]:
+        console.print(f"results.jsonl repaired after an interrupted run: {len(repaired['cut'])} characters of a "
+                      f"half-written line cut, {repaired['appended']} rows of finished cells written")
+    with_rows = repaired["cells"]
     data_dir = Path(recipe.data_dir) if recipe.data_dir else None
     todo = [c for c in plan.cells if not (run_dir / "cells" / f"{c.key}.json").exists()]
     if not todo:
@@ -116,12 +277,14 @@ def _run_plan(plan: Plan, run_dir: Path, *, registry, backbone, console, device,
         for job in plan.modules:
             if job.name not in needed:
                 continue
-            if recipe.reuse_registry and _find_module(registry, job, backbone.fingerprint):
+            # this run's own version first (a kill after it was registered), any run's if allowed
+            if _find_module(registry, job, backbone.fingerprint, None if recipe.reuse_registry else rid):
                 continue
             common = dict(name=job.name, method=recipe.method, method_config=recipe.method_config,
-                          train_config=_train_config(job.train, f"{recipe.file}: intermediate {job.task}"),
-                          registry=registry, data_dir=data_dir, recipe_hash=plan.recipe_hash, progress=progress,
-                          checkpoint_dir=run_dir / "checkpoints" / job.name, extra_manifest={"train_key": job.key})
+                          train_config=cfgs[job.name], registry=registry, data_dir=data_dir,
+                          recipe_hash=plan.recipe_hash, progress=progress,
+                          checkpoint_dir=run_dir / "checkpoints" / job.name,
+                          extra_manifest={"train_key": job.key, "run": rid})
             if job.multitask:
                 from .multitask import train_multitask_module
 
@@ -148,18 +311,32 @@ def _run_plan(plan: Plan, run_dir: Path, *, registry, backbone, console, device,
                                          data_dir=data_dir, limit=cell.eval_limit, update_registry=False)
                 module_name = module or "backbone"
             else:
-                tm = _run_training_cell(cell, plan, backbone, registry, data_dir, progress, run_dir, train_module)
-                scores, module_name = tm.scores, f"{tm.manifest.name}@{tm.manifest.version}"
+                # registered before a kill cut this cell short: reuse it, never train a second version
+                man = _find_registered(registry, cell.name, {"cell": cell.key, "run": rid}, backbone.fingerprint)
+                if man is None:
+                    tm = _run_training_cell(cell, plan, backbone, registry, data_dir, progress, run_dir, train_module,
+                                            cfgs[cell.key], rid)
+                    man, scores = tm.manifest, tm.scores
+                else:
+                    console.print(f"  {cell.label}: reusing {man.name}@{man.version}, registered before an interruption")
+                    scores = _recorded_scores(man, cell) or evaluate_module(
+                        backbone, f"{man.name}@{man.version}", spec, registry=registry, languages=cell.languages,
+                        data_dir=data_dir, limit=cell.eval_limit, update_registry=False)
+                module_name = f"{man.name}@{man.version}"
             seconds = time.perf_counter() - t0
             swap = swap_clock.take()
             rows_extra["target"] = spec.name
             rows = [{"module": module_name, "task": spec.name, "language": lang, "metric": metric,
                      "score": round(float(v), 4), **rows_extra}
                     for lang, ms in scores.items() for metric, v in ms.items()]
-            append_results(results, rows)
+            # the commit: one atomic record with the rows; the append after it is repeatable
             _atomic_json(run_dir / "cells" / f"{cell.key}.json",
                          {"cell": json.loads(cell.model_dump_json()), "scores": scores, "seconds": round(seconds, 2),
-                          "swap_seconds": round(swap, 4), "module": module_name})
+                          "swap_seconds": round(swap, 4), "module": module_name, "rows": rows})
+            if cell.key in with_rows and results.exists():  # rows without a record: an older run's, replaced by these
+                _drop_cells(results, {cell.key})
+            append_results(results, rows)
+            with_rows.add(cell.key)
             done += 1
             emit(progress, "advance", grid, done, len(plan.cells))
             console.print(f"  {cell.label}: {_fmt_scores(scores)} ({seconds:.0f}s, module swaps {swap:.2f}s)")
@@ -167,15 +344,29 @@ def _run_plan(plan: Plan, run_dir: Path, *, registry, backbone, console, device,
     return results
 
 
-def _run_training_cell(cell: Cell, plan: Plan, backbone, registry, data_dir, progress, run_dir, train_module):
+def _recorded_scores(man, cell: Cell) -> dict:
+    """The scores a cell's module was registered with (they are the cell's scores), or {} when the
+    manifest holds none for the cell's evaluation limit (then the caller evaluates it again)."""
+    limited = getattr(man, "limited_scores", None)
+    if cell.eval_limit is not None and isinstance(limited, dict) and limited.get("limit") == cell.eval_limit:
+        scores = limited.get("scores") or {}
+    elif cell.eval_limit is None or not limited:
+        scores = man.scores
+    else:
+        scores = {}
+    return {lang: dict(ms) for lang, ms in scores.items() if cell.languages is None or lang in cell.languages}
+
+
+def _run_training_cell(cell: Cell, plan: Plan, backbone, registry, data_dir, progress, run_dir, train_module,
+                       cfg: TrainConfig, rid: str):
     recipe = plan.recipe
     return train_module(
         backbone, cell.target, name=cell.name, method=recipe.method, method_config=recipe.method_config,
-        train_config=_train_config(cell.train, f"{recipe.file}: target {cell.target}"), registry=registry,
+        train_config=cfg, registry=registry,
         composition=cell.composition_spec or {"kind": cell.composition, "modules": cell.intermediates},
         eval_languages=cell.languages, eval_limit=cell.eval_limit, data_dir=data_dir,
         recipe_hash=plan.recipe_hash, progress=progress, checkpoint_dir=run_dir / "checkpoints" / cell.key,
-        extra_manifest={"cell": cell.key},
+        extra_manifest={"cell": cell.key, "run": rid},
     )
 
 
@@ -189,7 +380,7 @@ def _fmt_scores(scores: dict) -> str:
 
 
 def cached_rows(run_dir: Path) -> list[dict]:
-    return read_results(run_dir / "results.jsonl")
+    return read_run_rows(run_dir)
 
 
 class LocalExecutor:

@@ -1,73 +1,143 @@
 """The training loop, top to bottom (after nanoGPT): one module + one head on a frozen backbone.
 
 AdamW with linear warmup/decay, gradient accumulation, evaluation every N steps with best-state
-selection on the English dev set, and resumable checkpoints written atomically. Batches are
-length-bucketed; their order is a pure function of (seed, epoch), so a resumed run replays
-exactly the batches it had not seen. The loss is read back to the host only when it is printed.
+selection on the English dev set, and resumable checkpoints: one file per checkpoint, replaced
+atomically, holding every generator's state (checkpoint.py), so a resumed run ends bit-identical
+to an uninterrupted one. Batches are length-bucketed; their order is a pure function of
+(seed, epoch), so a resumed run replays exactly the batches it had not seen. The loss is read back to the host only when it is printed.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
-from safetensors.torch import load_file, save_file
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .checkpoint import LOCK, clean_leftovers, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from .errors import XtlError, did_you_mean
 from .formats.base import length_bucketed_batches, padding_waste, to_device
+from .io import LockHeld, exclusive_lock
 from .store.manifest import config_hash
 from .progress import emit
 
 
+# what each setting must be, said the way a fix reads ("set lr to ...")
+_FIELD_RULES = {
+    "steps": "an integer >= 1 (optimizer steps)",
+    "batch_size": "an integer >= 1 (examples per optimizer step, a multiple of grad_accum)",
+    "grad_accum": "an integer >= 1 that divides batch_size (micro-batches per step)",
+    "lr": "a number > 0, e.g. 1e-3 for adapters",
+    "head_lr": "a number > 0, or leave it out (then lr is used for the head too)",
+    "weight_decay": "a number >= 0, e.g. 0.01",
+    "warmup_ratio": "a number from 0 to 1 (the fraction of steps with a rising learning rate)",
+    "max_grad_norm": "a number >= 0 (0 switches gradient clipping off)",
+    "eval_every": "an integer >= 1 (steps between dev evaluations)",
+    "eval_examples": "an integer >= 1, or leave it out for every dev example",
+    "max_train_examples": "an integer >= 1, or leave it out for every training example",
+    "seed": "an integer >= 0",
+    "log_every": "an integer >= 1 (steps between loss lines)",
+    "checkpoint_every": "an integer >= 1, or leave it out (then every eval_every steps)",
+    "gradient_checkpointing": "true or false",
+    "optimizer": "one of adamw, adamw8bit, paged_adamw8bit",
+}
+_POS = dict(allow_inf_nan=False)
+
+
 class TrainConfig(BaseModel):
+    """Training settings, checked when built: an impossible value is one `XtlError` naming the
+    field, the value and the fix, never a pydantic traceback, and never a silent fallback (a step
+    count of 0 would register an untrained module; a negative rate would train backwards)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    steps: int = 200  # optimizer steps
-    batch_size: int = 16
-    grad_accum: int = 1
-    lr: float = 1e-3  # adapter-appropriate (full fine-tuning would use 1e-5)
-    head_lr: float | None = None
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    eval_every: int = 50
-    eval_examples: int | None = 500  # English dev examples used for checkpoint selection
-    max_train_examples: int | None = None
-    seed: int = 42
-    log_every: int = 10
-    checkpoint_every: int | None = None  # default: every eval
+    steps: int = Field(200, ge=0)  # optimizer steps; 0 only where asked for (`allow_untrained`)
+    batch_size: int = Field(16, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-3, gt=0, **_POS)  # adapter-appropriate (full fine-tuning would use 1e-5)
+    head_lr: float | None = Field(None, gt=0, **_POS)
+    weight_decay: float = Field(0.01, ge=0, **_POS)
+    warmup_ratio: float = Field(0.1, ge=0, le=1, **_POS)
+    max_grad_norm: float = Field(1.0, ge=0, **_POS)
+    eval_every: int = Field(50, ge=1)
+    eval_examples: int | None = Field(500, ge=1)  # English dev examples used for checkpoint selection
+    max_train_examples: int | None = Field(None, ge=1)
+    seed: int = Field(42, ge=0)
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int | None = Field(None, ge=1)  # default: every eval
     gradient_checkpointing: bool = False  # recompute activations: less memory, ~30% more time
     optimizer: Literal["adamw", "adamw8bit", "paged_adamw8bit"] = "adamw"  # 8-bit/paged: bitsandbytes
 
+    @field_validator("*", mode="before")
     @classmethod
-    def resolve(cls, task=None, *layers: "dict | None", where: str = "train") -> "TrainConfig":
+    def _no_bools_for_numbers(cls, v, info):
+        # pydantic reads `steps: true` as 1 and `lr: yes` as 1.0; a bool is never a count or a rate
+        if isinstance(v, bool) and info.field_name != "gradient_checkpointing":
+            raise ValueError("a true/false value is not a number here")
+        return v
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _one_clear_error(cls, data, handler, info):
+        context = info.context or {}
+        where = context.get("where", "TrainConfig")
+        try:
+            cfg = handler(data)
+        except ValidationError as e:
+            raise _config_error(e, where) from None
+        if cfg.steps == 0 and not context.get("allow_untrained"):
+            raise XtlError("invalid training setting: steps=0: a module needs at least one training step (0 would "
+                           "register an untrained module)", where=where, fix=f"set steps to {_FIELD_RULES['steps']}")
+        if cfg.batch_size % cfg.grad_accum:
+            raise XtlError(f"batch_size={cfg.batch_size} is not a multiple of grad_accum={cfg.grad_accum}", where=where,
+                           fix="batch_size is the examples per optimizer step, split into grad_accum equal "
+                           f"micro-batches: e.g. batch_size {cfg.grad_accum * max(1, cfg.batch_size // cfg.grad_accum)}")
+        return cfg
+
+    @classmethod
+    def resolve(cls, task=None, *layers: "dict | None", where: str = "train",
+                allow_untrained: bool = False) -> "TrainConfig":
         """The one place training settings are layered: the task's YAML `defaults.train` <
         each later layer (a recipe's `train:`, an entry's, command-line flags). `None` values in a
-        layer mean "not given" and leave the layer below in force."""
-        from pydantic import ValidationError
-
-        from .errors import XtlError
-
+        layer mean "not given" and leave the layer below in force. Bad values: one XtlError.
+        `allow_untrained` admits `steps: 0`, for a deliberate untrained baseline (the steps
+        study's step-0 intermediate); everywhere else 0 steps is a mistake."""
         raw: dict = {}
         if task is not None:
             raw.update(task.defaults.get("train", {}))
         for layer in layers:
+            if layer is not None and not isinstance(layer, Mapping):
+                raise XtlError(f"training settings must be a mapping of field: value, got {type(layer).__name__}",
+                               where=where, fix=f"e.g. {{steps: 200, lr: 1e-3}}; fields: {', '.join(cls.model_fields)}")
             raw.update({k: v for k, v in (layer or {}).items() if v is not None})
-        try:
-            return cls(**raw)
-        except ValidationError as e:
-            first = e.errors()[0]
-            name = ".".join(str(x) for x in first["loc"])
-            raise XtlError(f"invalid training setting {name}={first.get('input')!r}: {first['msg']}", where=where,
-                           fix=f"training fields: {', '.join(cls.model_fields)}") from None
+        return cls.model_validate(raw, context={"where": where, "allow_untrained": allow_untrained})
+
+
+def _config_error(e: ValidationError, where: str) -> XtlError:
+    """Every problem of one ValidationError in one message: `field=value: what is wrong`."""
+    problems, fixes = [], []
+    for err in e.errors():
+        name = ".".join(str(x) for x in err["loc"] if not isinstance(x, int)) or "(settings)"
+        field = str(err["loc"][0]) if err["loc"] else ""
+        if err["type"] == "extra_forbidden":
+            problems.append(f"{name!r} is not a training setting")
+            fixes.append(did_you_mean(field, TrainConfig.model_fields))
+            continue
+        problems.append(f"{name}={err.get('input')!r}: {err['msg'].removeprefix('Value error, ')}")
+        if field in _FIELD_RULES:
+            fixes.append(f"set {field} to {_FIELD_RULES[field]}")
+    label = "invalid training setting" if len(problems) == 1 else "invalid training settings"
+    return XtlError(f"{label}: {'; '.join(dict.fromkeys(problems))}", where=where,
+                    fix="; ".join(dict.fromkeys(fixes)) or f"training fields: {', '.join(TrainConfig.model_fields)}")
 
 
 @dataclass
@@ -90,20 +160,6 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def train(
     model,
     trainable: dict[str, torch.nn.Parameter],
@@ -119,7 +175,33 @@ def train(
     on_step=None,
     batches_fn=None,
 ) -> TrainResult:
-    """Train the parameters in `trainable` (name -> parameter); leave the best state loaded."""
+    """Train the parameters in `trainable` (name -> parameter); leave the best state loaded.
+
+    With `checkpoint_dir` the run is resumable: a checkpoint is written every `checkpoint_every`
+    (default `eval_every`) steps and at the end, and a later call with the same settings, data
+    and parameters continues from it, ending in the weights an uninterrupted run ends in. The
+    folder is locked meanwhile: a second trainer on it is refused (XtlError)."""
+    if checkpoint_dir is None:
+        return _train(model, trainable, train_features, dev_features, dev_examples, cfg, checkpoint_dir=None,
+                      main_metric=main_metric, progress=progress, description=description, on_step=on_step,
+                      batches_fn=batches_fn)
+    checkpoint_dir = Path(checkpoint_dir)
+    with ExitStack() as held:
+        try:
+            held.enter_context(exclusive_lock(checkpoint_dir / LOCK))
+        except LockHeld as e:
+            raise XtlError(f"another process (PID {e.pid or 'unknown'}) is training with the checkpoint folder "
+                           f"{checkpoint_dir}", where=str(checkpoint_dir),
+                           fix="wait for it to finish, or give this run its own output folder; the lock goes "
+                           "away by itself when that process ends") from None
+        clean_leftovers(checkpoint_dir)
+        return _train(model, trainable, train_features, dev_features, dev_examples, cfg, checkpoint_dir=checkpoint_dir,
+                      main_metric=main_metric, progress=progress, description=description, on_step=on_step,
+                      batches_fn=batches_fn)
+
+
+def _train(model, trainable, train_features, dev_features, dev_examples, cfg, *, checkpoint_dir, main_metric,
+           progress, description, on_step, batches_fn) -> TrainResult:
     fmt = model.format
     device = model.device
     set_seed(cfg.seed)
@@ -127,7 +209,7 @@ def train(
         rng = random.Random(cfg.seed)
         train_features = rng.sample(train_features, cfg.max_train_examples)
     lengths = [len(f["input_ids"]) for f in train_features]
-    micro = cfg.batch_size // cfg.grad_accum if cfg.batch_size % cfg.grad_accum == 0 else cfg.batch_size
+    micro = cfg.batch_size // cfg.grad_accum  # TrainConfig checks that grad_accum divides batch_size
     epoch_batches = {}
 
     def batches_of(epoch: int):
@@ -164,24 +246,24 @@ def train(
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
 
-    # -- resume ----------------------------------------------------------------------------------
+    # -- resume: one checkpoint file holds everything of one step (checkpoint.py) ---------------
     run_key = config_hash({"cfg": cfg.model_dump(), "n": len(train_features), "params": sorted(trainable)})
     best_state: dict[str, torch.Tensor] | None = None
     best_score, best_step, start, history = None, 0, 0, []
-    state_path = checkpoint_dir / "trainer_state.pt" if checkpoint_dir else None
-    if state_path and state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state.get("run_key") == run_key:
-            weights = load_file(str(checkpoint_dir / "last.safetensors"))
-            with torch.no_grad():
-                for n, p in trainable.items():
-                    p.copy_(weights[n].to(p.device))
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["torch_rng"])
-            start, best_score, best_step, history = state["step"], state["best_score"], state["best_step"], state["history"]
-            if (checkpoint_dir / "best.safetensors").exists():
-                best_state = load_file(str(checkpoint_dir / "best.safetensors"))
+    running = torch.zeros((), device=device)
+    since_log = 0
+    state = load_checkpoint(checkpoint_dir, run_key) if checkpoint_dir else None
+    if state is not None:
+        with torch.no_grad():
+            for n, p in trainable.items():
+                p.copy_(state["weights"][n].to(p.device))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        restore_rng(state["rng"])
+        start, best_score, best_step, history = state["step"], state["best_score"], state["best_step"], state["history"]
+        best_state = state["best"]
+        running.fill_(state["running_loss"])
+        since_log = state["since_log"]
     resumed_from = start
 
     def snapshot() -> dict[str, torch.Tensor]:
@@ -201,35 +283,28 @@ def train(
         history.append({"step": step, "dev": scores})
         if best_score is None or score > best_score:
             best_score, best_step, best_state = score, step, snapshot()
-            if checkpoint_dir:
-                _atomic_save_tensors(best_state, checkpoint_dir / "best.safetensors")
 
     def checkpoint(step: int) -> None:
-        if not checkpoint_dir:
-            return
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_save_tensors(snapshot(), checkpoint_dir / "last.safetensors")
-        _atomic_torch_save(
-            {
-                "run_key": run_key,
-                "step": step,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "best_score": best_score,
-                "best_step": best_step,
-                "history": history,
-            },
-            state_path,
-        )
+        save_checkpoint(checkpoint_dir, {
+            "run_key": run_key,
+            "step": step,
+            "weights": snapshot(),
+            "best": best_state,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_state(),
+            "best_score": best_score,
+            "best_step": best_step,
+            "history": history,
+            "running_loss": running.item(),  # the loss summed since the last log line
+            "since_log": since_log,
+        })
 
     # -- the loop --------------------------------------------------------------------------------
     params = list(trainable.values())
     model.train()
     t0 = time.perf_counter()
     emit(progress, "start", description, start, cfg.steps)
-    running = torch.zeros((), device=device)
-    since_log = 0
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     def _run_steps() -> None:
         nonlocal since_log, running, aside, tokens
@@ -256,8 +331,6 @@ def train(
                 running.zero_()
                 since_log = 0
                 if not math.isfinite(avg):
-                    from .errors import XtlError
-
                     raise XtlError(f"loss became {avg} at step {done}", where=description, fix="lower the learning rate")
                 history.append({"step": done, "loss": avg, "lr": scheduler.get_last_lr()[0]})
                 emit(progress, "advance", description, done, cfg.steps, loss=avg)

@@ -9,8 +9,8 @@ import stat
 import pytest
 
 from adapters_xtl import io as xio
-from adapters_xtl.io import (append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text, fsync_dir,
-                             fsync_file)
+from adapters_xtl.io import (LockHeld, append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text,
+                             atomic_write_with, exclusive_lock, fsync_dir, fsync_file, repair_jsonl_tail)
 
 
 @pytest.fixture
@@ -179,3 +179,107 @@ def test_fsync_helpers_accept_files_and_folders(tmp_path):
     fsync_dir(tmp_path / "no-such-folder")  # nothing to sync: no error
     with pytest.raises(FileNotFoundError):
         fsync_file(tmp_path / "missing")
+
+
+# -- a library's own writer -----------------------------------------------------------------------
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_atomic_write_with_gives_a_library_writer_the_same_guarantees(tmp_path, umask):
+    import torch
+
+    target = tmp_path / "checkpoint.pt"
+    atomic_write_with(target, lambda tmp: torch.save({"step": 1}, tmp))
+    assert torch.load(target, weights_only=True) == {"step": 1} and mode(target) == 0o644
+    umask(0o077)  # a replaced file keeps its mode, whatever the umask now
+
+    def dies_half_way(tmp):
+        tmp.write_bytes(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_with(target, dies_half_way)
+    assert torch.load(target, weights_only=True) == {"step": 1} and leftovers(tmp_path) == []
+    atomic_write_with(target, lambda tmp: torch.save({"step": 2}, tmp))
+    assert torch.load(target, weights_only=True) == {"step": 2} and mode(target) == 0o644
+
+
+# -- repairing a half-written last line ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content, cut, after", [
+    (b'{"a": 1}\n{"b": 2}\n', "", b'{"a": 1}\n{"b": 2}\n'),  # clean: untouched
+    (b'{"a": 1}\n{"b": ', '{"b": ', b'{"a": 1}\n'),  # a kill mid-row: the fragment goes
+    (b'{"a": 1}\n{"b": 2}', "", b'{"a": 1}\n{"b": 2}\n'),  # a whole row without its newline: kept
+    (b'{"b": ', '{"b": ', b""),  # the only line was cut
+    (b"", "", b""),
+    ('{"a": 1}\n{"t": "日'.encode()[:-1], '{"t": "\ufffd', b'{"a": 1}\n'),  # cut inside a character
+])
+def test_repair_jsonl_tail_cuts_only_a_half_written_last_line(tmp_path, content, cut, after):
+    path = tmp_path / "results.jsonl"
+    path.write_bytes(content)
+    assert repair_jsonl_tail(path) == cut and path.read_bytes() == after
+    append_jsonl(path, [{"z": 9}])
+    assert read_rows(path)[-1] == {"z": 9} and "BAD" not in read_rows(path)
+
+
+def test_repair_jsonl_tail_of_a_missing_file_is_a_no_op(tmp_path):
+    assert repair_jsonl_tail(tmp_path / "none.jsonl") == "" and not (tmp_path / "none.jsonl").exists()
+
+
+def test_repair_reads_a_long_last_line_across_blocks(tmp_path):
+    path = tmp_path / "results.jsonl"
+    long_row = '{"text": "' + "x" * 200_000 + '"}'
+    path.write_text('{"a": 1}\n' + long_row[:-5])
+    assert repair_jsonl_tail(path).startswith('{"text": "xxx') and path.read_text() == '{"a": 1}\n'
+
+
+# -- the one-writer lock ---------------------------------------------------------------------------
+
+HOLD = """
+import sys, time
+from adapters_xtl.io import exclusive_lock
+with exclusive_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def _holder(lock, tmp_path):
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", HOLD, str(lock)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+@pytest.mark.skipif(os.name != "posix", reason="flock")
+def test_a_second_process_is_refused_with_the_holders_pid_and_a_killed_holder_frees_it(tmp_path):
+    import signal
+
+    lock = tmp_path / "run" / ".lock"
+    p = _holder(lock, tmp_path)
+    try:
+        with pytest.raises(LockHeld) as e:
+            with exclusive_lock(lock):
+                pass
+        assert e.value.pid == p.pid and e.value.path == lock
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+    assert lock.exists()  # the file stays; the lock died with its process
+    with exclusive_lock(lock):
+        assert lock.read_text().split()[0] == str(os.getpid())
+    assert lock.read_text() == ""  # released: no holder named
+
+
+@pytest.mark.skipif(os.name != "posix", reason="flock")
+def test_the_same_process_cannot_take_a_held_lock_twice(tmp_path):
+    lock = tmp_path / ".lock"
+    with exclusive_lock(lock):
+        with pytest.raises(LockHeld):
+            with exclusive_lock(lock):
+                pass
+    with exclusive_lock(lock):  # free again after the block
+        pass

@@ -6,7 +6,6 @@ measured (`write_json`).
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import platform
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..cost import device_name
+from ..io import atomic_write_json
 
 SCHEMA_VERSION = 1
 
@@ -33,8 +33,7 @@ def bench_meta(device: torch.device, peak: dict | None) -> dict:
 
 
 def write_json(path: Path, obj: dict) -> None:
+    """The whole file, atomically (io.atomic_write_json): a kill mid-grid keeps the previous rows."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic_write_json(path, obj, indent=2, default=str)

@@ -24,6 +24,7 @@ import torch
 from .. import cost
 from ..cost import count_step_flops, device_name, trainable_points
 from ..errors import XtlError
+from ..io import atomic_write_json
 from .attach import _attach_for_bench
 from .config import BenchConfig
 from .memory import MemoryMeter, release_memory
@@ -233,9 +234,7 @@ def _worker_main(cfg_path: str, out_path: str) -> int:
     except Exception as e:  # recorded, not raised: one broken configuration must not end a grid
         rec = {"key": cfg.key(), **cfg.model_dump(exclude={"trim_texts", "peak_flops"}),
                "status": f"error: {type(e).__name__}: {str(e)[:300]}"}
-    tmp = out_path + ".tmp"
-    Path(tmp).write_text(json.dumps(rec, default=str))
-    os.replace(tmp, out_path)
+    atomic_write_json(out_path, rec, indent=None, default=str)  # the parent reads it only if whole
     return 0
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import time
 from collections.abc import Iterator, Mapping
@@ -35,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from rich.console import Console
 
 from adapters_xtl.errors import XtlError
+from adapters_xtl.io import atomic_write_json, atomic_write_text
 from adapters_xtl.studies import get_study
 from adapters_xtl.studies.tables import jsonable
 
@@ -166,8 +166,7 @@ class StudyContext:
     # -- the grid ---------------------------------------------------------------------------
     def run_grid(self, plan) -> list[dict]:
         """Run (or reuse) the plan's cells; the rows of this plan's cells only."""
-        from adapters_xtl.evaluation import read_results
-        from adapters_xtl.runner import run_plan
+        from adapters_xtl.runner import read_run_rows, run_plan
 
         todo = [c for c in plan.cells if not (self.grid_dir / "cells" / f"{c.key}.json").exists()]
         if todo:
@@ -175,13 +174,13 @@ class StudyContext:
         else:
             self.console.print(f"[green]all {len(plan.cells)} cells cached[/] in {self.grid_dir / 'cells'}")
         keys = {c.key for c in plan.cells}
-        rows = [r for r in read_results(self.grid_dir / "results.jsonl") if r.get("cell") in keys]
+        rows = [r for r in read_run_rows(self.grid_dir) if r.get("cell") in keys]
         try:  # the usual grid report, of this plan's cells only (the grid folder may hold older ones)
             from adapters_xtl.reporting import write_report
 
             rep = self.out / "grid-report"
             rep.mkdir(parents=True, exist_ok=True)
-            (rep / "results.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            atomic_write_text(rep / "results.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
             write_report(rep, f"Grid of study {self.name}")
         except Exception as e:  # a convenience; the study report is the product
             self.notes.append(f"grid report not written: {e}")
@@ -193,7 +192,7 @@ class StudyContext:
         ``{job name: "name@version"}``.  ``for_cells``: only those the unfinished cells need (and
         nothing, without loading the backbone, when every cell is cached)."""
         from adapters_xtl.pipeline import train_module
-        from adapters_xtl.runner import _find_module, _train_config, make_progress
+        from adapters_xtl.runner import _find_module, _train_config, make_progress, run_id, run_lock
         from adapters_xtl.tasks import get_task
 
         recipe = self.recipe
@@ -208,15 +207,19 @@ class StudyContext:
                 return {}
         refs: dict[str, str] = {}
         bb = self.backbone()
-        with make_progress(self.console) as progress:
+        # the grid folder's lock, as the grid runner holds it: one process trains into it at a time
+        with run_lock(self.grid_dir), make_progress(self.console) as progress:
+            rid = run_id(self.grid_dir)
             for job in jobs:
-                man = _find_module(self.registry, job, bb.fingerprint) if recipe.reuse_registry else None
+                # this folder's own version first (a kill after it was registered), any if reuse is on
+                man = _find_module(self.registry, job, bb.fingerprint, None if recipe.reuse_registry else rid)
                 if man is None:
                     common = dict(name=job.name, method=recipe.method, method_config=recipe.method_config,
-                                  train_config=_train_config(job.train, f"{recipe.file}: intermediate {job.task}"),
+                                  train_config=_train_config(job.train, f"{recipe.file}: intermediate {job.task}",
+                                                             allow_untrained=True),  # steps study: step 0
                                   registry=self.registry, data_dir=self.data_dir, recipe_hash=plan.recipe_hash,
                                   progress=progress, checkpoint_dir=self.grid_dir / "checkpoints" / job.name,
-                                  extra_manifest={"train_key": job.key})
+                                  extra_manifest={"train_key": job.key, "run": rid})
                     if job.multitask:
                         from adapters_xtl.multitask import train_multitask_module
 
@@ -289,11 +292,9 @@ def run_study(name: str, *, recipe: str | Path | None = None, out: str | Path | 
                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}}
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "study.json"
-    tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(jsonable(res), indent=1, ensure_ascii=False, allow_nan=False))
-    os.replace(tmp, json_path)
+    atomic_write_json(json_path, jsonable(res), indent=1, ensure_ascii=False, allow_nan=False)
     md_path = out / "study.md"
-    md_path.write_text(render_markdown(res))
+    atomic_write_text(md_path, render_markdown(res))
     ctx.console.print(f"study {name}: {md_path} and {json_path} ({res['meta']['wall_seconds']:.0f}s)")
     return StudyOutput(res, json_path, md_path)
 

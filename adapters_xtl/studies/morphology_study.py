@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import statistics
 import time
@@ -23,6 +22,7 @@ from typing import Any
 from pydantic import Field
 
 from adapters_xtl.errors import XtlError
+from adapters_xtl.io import atomic_write_json
 from adapters_xtl.studies import register_study
 from adapters_xtl.studies.common import CORR_HEADER, corr_pair, corr_rows, scatter, strongest
 from adapters_xtl.studies.context import StudyConfig, StudyContext
@@ -262,9 +262,7 @@ def run_morphology(ctx: StudyContext, dry_run: bool = False) -> dict[str, Any] |
                 method.deactivate(bb)
                 method.remove(bb, slot)
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cfile.with_suffix(".tmp")
-        tmp.write_text(json.dumps(jsonable(alignment[cond])))
-        os.replace(tmp, cfile)
+        atomic_write_json(cfile, jsonable(alignment[cond]), indent=None)
         ctx.console.print(f"  alignment with {cond}: done ({time.perf_counter() - t0:.0f}s)")
     res = analyze_morphology(measures, alignment)
     res["parallel"] = {"task": spec.name, "pairs": {l: len(pairs[l][0]) for l in langs}, "layers": layers}
