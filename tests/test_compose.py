@@ -78,10 +78,13 @@ def test_old_manifest_compositions_still_read():
     assert Block.from_dict(None) == Single()
 
 
-def test_each_method_refuses_what_it_does_not_support(tiny_backbone_dir):
+def test_each_method_refuses_what_it_does_not_support_and_says_why(tiny_backbone_dir):
     bb = load_backbone(str(tiny_backbone_dir))
-    with pytest.raises(XtlError, match="bottleneck modules do not support the composition 'merge'"):
-        get_method("bottleneck").compose(bb, Merge("a", "b"), "t", ["a", "b"], {})
+    with pytest.raises(XtlError, match="ia3 modules do not support the composition 'fuse': .*no additive delta"):
+        get_method("ia3").compose(bb, Fuse("a", "b"), "t", ["a", "b"], {})
+    for method in ("bottleneck", "ia3"):
+        with pytest.raises(XtlError, match="merge linearly only, not 'ties'"):
+            get_method(method).check_composable(Merge("a", "b", how="ties"), {}, [])
 
 
 def test_lora_stack_adds_frozen_and_target_deltas():
@@ -198,15 +201,16 @@ def test_bottleneck_stack_is_sequential_and_fuse_is_adapterfusion(tiny_backbone_
     fuse.teardown(bb)
 
 
-@pytest.mark.parametrize("method", ["lora", "bottleneck"])
+@pytest.mark.parametrize("method", ["lora", "bottleneck", "ia3"])
 def test_every_kind_trains_on_registry_modules_and_reloads(tiny_backbone_dir, tmp_path, registry, method):
     task = write_toy_task(tmp_path / "toy")
     bb = load_backbone(str(tiny_backbone_dir))
     for name in ("inter-a", "inter-b"):
         train_module(bb, str(task), name=name, method=method, registry=registry, train_config=FAST)
-    kinds = [("single", []), ("stack", ["inter-a"]), ("fuse", ["inter-a", "inter-b"]), ("continue", ["inter-a"])]
-    if method == "lora":
-        kinds.append(("merge", ["inter-a", "inter-b"]))
+    kinds = [("single", []), ("stack", ["inter-a"]), ("fuse", ["inter-a", "inter-b"]), ("continue", ["inter-a"]),
+             ("merge", ["inter-a", "inter-b"])]
+    kinds = [(k, mods) for k, mods in kinds if k in get_method(method).supported_compositions]
+    assert len(kinds) == (4 if method == "ia3" else 5)
     for kind, mods in kinds:
         tm = train_module(bb, str(task), name=f"t-{kind}", method=method, registry=registry, train_config=FAST,
                           composition={"kind": kind, "modules": mods})
@@ -264,3 +268,135 @@ def test_multitask_mixing_is_proportional_capped_or_uniform():
     # T5-style cap: a huge task counts as `cap` examples
     assert mixing_weights([100, 300, 50_000], "proportional", 1000) == pytest.approx([100 / 1400, 300 / 1400, 1000 / 1400])
     assert mixing_weights([100, 300, 50_000], "uniform", 1000) == pytest.approx([1 / 3] * 3)
+
+
+# ------------------------------------------------------------------------ peft's variants and IA3
+def add_dora(bb, slot, r=2, alpha=4, dropout=0.0):
+    m = get_method("lora")
+    m.add(bb, slot, m.make_config({"r": r, "alpha": alpha, "dropout": dropout, "target_modules": ["query"],
+                                   "use_dora": True}))
+    layer = bb.model.query
+    with torch.no_grad():
+        layer.lora_A[slot].weight.normal_()
+        layer.lora_B[slot].weight.normal_()
+        layer.lora_magnitude_vector[slot].weight.mul_(1 + 0.3 * torch.randn(layer.out_features))
+    return layer
+
+
+def dora_weight(layer, slot):
+    """DoRA's effective weight by hand: m / ||W + s B A||_row * (W + s B A)."""
+    W = layer.base_layer.weight + delta(layer, slot)
+    return (layer.lora_magnitude_vector[slot].weight / W.norm(dim=1))[:, None] * W
+
+
+def test_dora_stack_adds_each_modules_own_delta():
+    """Several DoRA modules (and plain LoRA ones) stack as a sum of their deltas on W, in
+    training as in evaluation; peft alone would fold earlier modules into later rescalings."""
+    bb = toy_backbone()
+    layer = add_dora(bb, "i1")
+    add_dora(bb, "i2")
+    add_lora(bb, "i3")
+    add_dora(bb, "t")
+    W, b = layer.base_layer.weight, layer.base_layer.bias
+    x = torch.randn(3, 6)
+    expected = x @ (W + sum(dora_weight(layer, s) - W for s in ("i1", "i2", "t")) + delta(layer, "i3")).T + b
+    state = setup(bb, Stack("x", "y", "z"), "lora", "t", ["i1", "i2", "i3"])
+    for train in (False, True):
+        bb.model.train(train)
+        state.activate(bb, train=train)
+        assert torch.allclose(bb.model(x), expected, atol=1e-5), train
+    grads = {n for n, p in bb.model.named_parameters() if p.requires_grad}
+    assert grads == {"query.lora_A.t.weight", "query.lora_B.t.weight", "query.lora_magnitude_vector.t.weight"}
+    state.teardown(bb)
+    assert not layer._forward_hooks  # the extra DoRA modules' hook is gone
+    # what peft computes with the three DoRA modules simply active in order: not a sum of deltas
+    layer._active_adapter = ["i1", "i2", "t"]
+    with torch.no_grad():
+        assert not torch.allclose(bb.model(x), x @ (W + sum(dora_weight(layer, s) - W for s in ("i1", "i2", "t"))).T + b,
+                                  atol=1e-3)
+
+
+def test_dora_fuse_attends_over_dora_deltas():
+    bb = toy_backbone()
+    layer = add_dora(bb, "i1")
+    add_dora(bb, "i2")
+    add_dora(bb, "t")
+    state = setup(bb, Fuse("x", "y", rank=3), "lora", "t", ["i1", "i2"])
+    state.activate(bb, train=False)
+    x = torch.randn(4, 6)
+    W, b = layer.base_layer.weight, layer.base_layer.bias
+    d = torch.stack([x @ (dora_weight(layer, s) - W).T for s in ("i1", "i2")])
+    with torch.no_grad():  # Wk = 0: uniform attention, the mean of the deltas
+        assert torch.allclose(bb.model(x), x @ dora_weight(layer, "t").T + b + d.mean(0), atol=1e-5)
+    state.teardown(bb)
+
+
+def test_lora_merge_of_rslora_modules_on_different_layers(tiny_backbone_dir):
+    """Per layer the merge is sum_i w_i dI_i, a layer an intermediate leaves alone counting as 0;
+    rsLoRA's scaling alpha / sqrt(r) is part of each delta."""
+    from peft.tuners.lora import LoraLayer
+
+    bb = load_backbone(str(tiny_backbone_dir))
+    m = get_method("lora")
+    m.add(bb, "a", m.make_config({"r": 2, "alpha": 4, "use_rslora": True, "layers_to_transform": [0],
+                                  "target_modules": ["query"]}))
+    m.add(bb, "b", m.make_config({"r": 4, "alpha": 4, "layers_to_transform": [0, 1], "target_modules": ["query"],
+                                  "rank_pattern": {"layer.1.attention.self.query": 3}}))
+    with torch.no_grad():
+        for n, p in bb.model.named_parameters():
+            if ".lora_" in n:
+                p.normal_()
+    setup(bb, Merge("x", "y", weights=[0.6, 0.4]), "lora", "t", ["a", "b"], target_modules=["query"])
+    layers = {n: mod for n, mod in bb.model.named_modules() if isinstance(mod, LoraLayer)}
+    assert set(layers) == {"encoder.layer.0.attention.self.query", "encoder.layer.1.attention.self.query"}
+    for n, layer in layers.items():
+        want = sum(w * delta(layer, s) for w, s in ((0.6, "a"), (0.4, "b")) if s in layer.lora_A)
+        assert torch.allclose(delta(layer, "t_merged"), want, atol=1e-4), n
+    assert layers["encoder.layer.0.attention.self.query"].scaling["a"] == pytest.approx(4 / 2 ** 0.5)
+
+
+class ToyIA3(torch.nn.Module):
+    """`key` (IA3 scales its output) then `output.dense` (IA3 scales its input)."""
+
+    def __init__(self, d=6):
+        super().__init__()
+        self.key = torch.nn.Linear(d, d)
+        self.output = torch.nn.Module()
+        self.output.dense = torch.nn.Linear(d, d)
+
+    def forward(self, x):
+        return self.output.dense(self.key(x))
+
+
+def test_ia3_stack_multiplies_and_merge_sums_the_vectors():
+    torch.manual_seed(0)
+    bb = Backbone(model=ToyIA3().eval(), tokenizer=None, source="toy", device=torch.device("cpu"),
+                  fingerprint=BackboneFingerprint(model_id="toy", weights_sha256="0"))
+    m = get_method("ia3")
+    cfg = {"target_modules": ["key", "output.dense"], "feedforward_modules": ["output.dense"]}
+    for s in ("i1", "i2", "t"):
+        m.add(bb, s, m.make_config(cfg))
+    with torch.no_grad():
+        for n, p in bb.model.named_parameters():
+            if "ia3_l" in n:
+                p.copy_(1 + 0.5 * torch.randn_like(p))
+    key, dense = bb.model.key, bb.model.output.dense
+    lk = {s: key.ia3_l[f"{s}-ia3"].flatten() for s in ("i1", "i2", "t")}
+    lo = {s: dense.ia3_l[f"{s}-ia3"].flatten() for s in ("i1", "i2", "t")}
+    x = torch.randn(3, 6)
+
+    def by_hand(k, o):
+        h = k * (x @ key.base_layer.weight.T + key.base_layer.bias)
+        return (o * h) @ dense.base_layer.weight.T + dense.base_layer.bias
+
+    state = setup(bb, Stack("x", "y"), "ia3", "t", ["i1", "i2"])
+    state.activate(bb, train=True)
+    assert torch.allclose(bb.model(x), by_hand(lk["i1"] * lk["i2"] * lk["t"], lo["i1"] * lo["i2"] * lo["t"]), atol=1e-5)
+    assert {n for n, p in bb.model.named_parameters() if p.requires_grad} == {"key.ia3_l.t-ia3", "output.dense.ia3_l.t-ia3"}
+    state.teardown(bb)
+    merged = m.compose(bb, Merge("x", "y", weights=[0.7, 0.3]), "t", ["i1", "i2"], cfg)
+    merged.activate(bb, train=False)
+    mk, mo = 0.7 * lk["i1"] + 0.3 * lk["i2"], 0.7 * lo["i1"] + 0.3 * lo["i2"]
+    assert torch.allclose(bb.model(x), by_hand(mk * lk["t"], mo * lo["t"]), atol=1e-5)
+    merged.teardown(bb)
+    assert not [n for n in dict(bb.model.named_parameters()) if "merged" in n]

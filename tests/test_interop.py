@@ -290,12 +290,13 @@ def test_import_adapters_folder_with_its_classification_head(tiny_backbone_dir, 
 
 
 @pytest.mark.parametrize("change,match", [
-    ({"use_dora": True}, "use_dora=True"),
     ({"bias": "all"}, "bias='all'"),
-    ({"use_rslora": True}, "use_rslora=True"),
-    ({"rank_pattern": {"query": 8}}, "rank_pattern"),
+    ({"init_lora_weights": "pissa"}, "(?s)residual base weight.*path_initial_model_for_weight_conversion"),
+    ({"init_lora_weights": "olora"}, "residual base weight"),
+    ({"init_lora_weights": "loftq"}, "residual base weight"),
+    ({"layers_pattern": "blocks"}, "layers_pattern='blocks'"),
     ({"target_modules": ".*query"}, "regular expression"),
-    ({"peft_type": "IA3"}, "only LORA"),
+    ({"peft_type": "PREFIX_TUNING"}, "only LORA and IA3"),
     ({"some_future_switch": True}, "unknown to adapters_xtl"),
 ])
 def test_unsupported_peft_configs_are_refused(tiny_backbone_dir, tmp_path, change, match):

@@ -1,7 +1,7 @@
 """Task-module methods, registered by name (as peft's `register_peft_method`).
 
-A recipe says `method: lora` or `method: bottleneck`; nothing else in the code base needs to know
-which library implements it. Adding a method = one file that calls `register_method`.
+A recipe says `method: lora`, `method: bottleneck` or `method: ia3`; nothing else in the code
+base needs to know which library implements it. Adding a method = one file that calls `register_method`.
 """
 
 from __future__ import annotations
@@ -37,4 +37,4 @@ def method_names() -> list[str]:
     return sorted(_METHODS)
 
 
-from . import bottleneck, lora  # noqa: E402,F401  (registration side effect)
+from . import bottleneck, ia3, lora  # noqa: E402,F401  (registration side effect)

@@ -73,31 +73,43 @@ class Method:
     name: str = ""
     config_cls: type[MethodConfig] = MethodConfig
     supported_compositions: tuple[str, ...] = ("single", "stack", "continue")
+    # why a composition is not offered (said with the refusal)
+    refusals: dict[str, str] = {}
 
     # -- compositions ----------------------------------------------------------------------------
+    def _refuse_kind(self, kind: str) -> XtlError:
+        reason = self.refusals.get(kind)
+        return XtlError(f"{self.name} modules do not support the composition {kind!r}" + (f": {reason}" if reason else ""),
+                        where="composition", fix=f"{self.name} supports: {', '.join(self.supported_compositions)}")
+
     def check_composable(self, block, target_config: dict, intermediates: list) -> None:
         """Refuse, before anything loads, intermediates (their manifests) that cannot be composed
         with a target of this method and config."""
         if block.kind not in self.supported_compositions:
-            raise XtlError(f"{self.name} modules do not support the composition {block.kind!r}",
-                           where="composition",
-                           fix=f"{self.name} supports: {', '.join(self.supported_compositions)}")
+            raise self._refuse_kind(block.kind)
         for man in intermediates:
             ref = f"{man.name}@{man.version}"
             if man.method != self.name:
                 raise XtlError(f"intermediate module {man.name!r} is {man.method}; the target module is {self.name}",
                                where="composition", fix="compose modules of one method (train the intermediate with it)")
-            if block.kind == "continue" and man.method_config != target_config:
+            if block.kind == "continue" and not self._same_config(man.method_config, target_config):
                 raise XtlError(f"cannot continue from {man.name!r} ({ref}): it is {man.method} {man.method_config}, "
                                f"the target is {self.name} {target_config}", where="composition",
                                fix="use the same method and method_config")
+
+    def _same_config(self, a: dict, b: dict) -> bool:
+        """Equal once both are read as this method's config (a manifest written before a field
+        existed equals one that leaves it at its default)."""
+        try:
+            return self.make_config(a).model_dump() == self.make_config(b).model_dump()
+        except XtlError:
+            return a == b
 
     def compose(self, backbone, block, target: str, frozen: list[str], target_config: dict) -> Arrangement:
         """Arrange already-loaded intermediate slots (`frozen`, in the block's order) around the
         (already added) target slot."""
         if block.kind not in self.supported_compositions:
-            raise XtlError(f"{self.name} modules do not support the composition {block.kind!r}", where="composition",
-                           fix=f"{self.name} supports: {', '.join(self.supported_compositions)}")
+            raise self._refuse_kind(block.kind)
         return getattr(self, f"compose_{block.kind}")(backbone, block, target, frozen, target_config)
 
     def compose_single(self, backbone, block, target, frozen, target_config) -> Arrangement:

@@ -2,6 +2,16 @@
 
 `adapters.init` turns the plain `XLMRobertaModel` into one that can hold named adapters; a
 `Stack` of active adapters is sequential (MAD-X), which is what `stack` means for bottlenecks.
+
+`merge` is adapters' `average_adapter` with its one strategy for bottlenecks, `linear`: a new
+module whose every parameter (down/up projections and their biases, in every layer) is
+`sum_i w_i theta_i` (default weights 1/n; given weights are used as they are, i.e.
+`normalize_weights=False`), then stacked below the target: `T(M(block(h)))`. It is defined
+only for intermediates of one config (same variant, reduction factor and non-linearity: the
+parameters are averaged entry by entry and the merged module needs one activation) and only
+linearly (TIES / DARE trim and re-sign changes from a shared start; bottleneck modules start
+from their own random down-projections, so there is none). Heads are never merged: the target
+trains its own.
 """
 
 from __future__ import annotations
@@ -50,7 +60,51 @@ class FuseArrangement(Arrangement):
 class BottleneckMethod(Method):
     name = "bottleneck"
     config_cls = BottleneckSettings
-    supported_compositions = ("single", "stack", "continue", "fuse")
+    supported_compositions = ("single", "stack", "continue", "fuse", "merge")
+
+    def check_composable(self, block, target_config, intermediates) -> None:
+        super().check_composable(block, target_config, intermediates)
+        if block.kind != "merge":
+            return
+        if block.how != "linear":
+            raise XtlError(f"bottleneck modules merge linearly only, not {block.how!r}: TIES / DARE trim and re-sign "
+                           "task vectors (changes from a shared initialisation), and bottleneck modules start from "
+                           "their own random down-projections (adapters offers only 'linear' for them too)",
+                           where="composition", fix="Merge(..., how='linear')")
+        configs = {}
+        for man in intermediates:
+            configs.setdefault(repr(sorted(self.make_config(man.method_config).model_dump().items())), []).append(
+                f"{man.name} {man.method_config}")
+        if len(configs) > 1:
+            raise XtlError("merge averages bottleneck modules parameter by parameter, so they need one config "
+                           "(variant, reduction_factor, non_linearity); these differ: " +
+                           "; ".join(v[0] for v in configs.values()), where="composition",
+                           fix="merge modules trained with the same method_config (adapters' average_adapter "
+                           "refuses different configs too), or fuse them")
+
+    def compose_merge(self, backbone, block, target, frozen, target_config):
+        """adapters' linear `average_adapter`, parameter by parameter, then `Stack(merged, T)`."""
+        import torch
+
+        merged = f"{target}_merged"
+        self.remove(backbone, merged)
+        config = self._config_of(backbone, frozen[0])
+        self.add(backbone, merged, config)
+        n = len(frozen)
+        weights = block.weights or [1.0 / n] * n
+        states = [self.state_dict(backbone, s) for s in frozen]
+        avg = {k: sum(w * st[k].float() for w, st in zip(weights, states)) for k in states[0]}
+        own = self.named_parameters(backbone, merged)
+        if set(own) != set(avg):
+            raise XtlError("the intermediates' bottleneck layers differ", where="composition",
+                           fix="merge modules trained with the same method_config on this backbone")
+        with torch.no_grad():
+            for k, p in own.items():
+                p.copy_(avg[k].to(p.device, p.dtype))
+        return Arrangement(self, target, [merged], extra_slots=[merged])
+
+    def _config_of(self, backbone, slot: str) -> BottleneckSettings:
+        return backbone.__dict__.get("_xtl_bottleneck", {})[slot]
 
     def compose_fuse(self, backbone, block, target, frozen, target_config):
         from adapters.composition import Fuse
@@ -88,6 +142,7 @@ class BottleneckMethod(Method):
         cls = SeqBnConfig if config.variant == "seq_bn" else DoubleSeqBnConfig
         cfg = cls(reduction_factor=config.reduction_factor, non_linearity=config.non_linearity)
         backbone.model.add_adapter(module, config=cfg)
+        backbone.__dict__.setdefault("_xtl_bottleneck", {})[module] = config
         backbone.model.train(backbone.model.training)  # new dropout layers follow the model's mode
         dev = backbone.device
         for n, p in backbone.model.named_parameters():
@@ -115,6 +170,7 @@ class BottleneckMethod(Method):
     def remove(self, backbone, module: str) -> None:
         if "adapters" in backbone.methods_prepared and module in backbone.model.adapters_config.adapters:
             backbone.model.delete_adapter(module)
+        backbone.__dict__.get("_xtl_bottleneck", {}).pop(module, None)
 
     def key_marker(self, module: str) -> str:
         # adapters keys: encoder.layer.0.output.adapters.<name>.adapter_down.0.weight

@@ -1,12 +1,15 @@
 """LoRA's own compositions: fusion (attention over frozen deltas) and merging (one delta made of
-several), carried out on peft's LoRA layers. Only this file and lora.py touch those layers.
+several), carried out on peft's LoRA layers. Only this file, lora.py and lora_variants.py touch
+those layers.
 
 fuse, per adapted Linear and per token (ours; no library has it):
   d_i = dI_i h,  q = h Wq,  k_i = d_i Wk,  a = softmax_i(q . k_i / sqrt(r_f)),
   out = W h + sum_i a_i d_i + dT h          (Wk starts at 0: a starts uniform)
+  (a DoRA intermediate's delta d_i is its output minus W h, lora_variants.slot_delta)
 merge: dM = merge({dI_i}) per layer (linear = weighted sum; ties / dare_linear / dare_ties from
 peft's merge_utils over the full deltas), stored as a LoRA of rank sum(r_i) by truncated SVD
-(exact for linear), then stacked: W h + dM h + dT h.
+(exact for linear), then stacked: W h + dM h + dT h. A layer an intermediate does not adapt
+(`layers_to_transform`) counts as a zero delta. DoRA intermediates are refused (lora.py says why).
 """
 
 from __future__ import annotations
@@ -48,13 +51,10 @@ class LoraFusion(torch.nn.Module):
         return name.replace(".", "__")
 
     def deltas(self, layer, x: torch.Tensor) -> torch.Tensor:
-        """Stacked frozen deltas d_i, shape (n, ..., d_out)."""
-        out = []
-        for s in self.slots:
-            a, b = layer.lora_A[s], layer.lora_B[s]
-            xin = x.to(a.weight.dtype)
-            out.append(b(a(layer.lora_dropout[s](xin))) * layer.scaling[s])
-        return torch.stack(out)
+        """Stacked frozen deltas d_i, shape (n, ..., d_out) (a DoRA module's: its output minus W h)."""
+        from .lora_variants import slot_delta
+
+        return torch.stack([slot_delta(layer, s, x) for s in self.slots])
 
     def mix(self, key: str, x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         q = x.to(self.q[key].dtype) @ self.q[key]  # (..., r)
@@ -87,15 +87,18 @@ def lora_layers(backbone, slot: str) -> dict[str, torch.nn.Module]:
 
 # ------------------------------------------------------------------------------- LoRA merge
 def merge_lora(backbone, slots: list[str], spec, new_slot: str, target_modules: list[str]) -> int:
-    """Merge the deltas of `slots` layer by layer into a new LoRA module `new_slot`; return its rank."""
+    """Merge the deltas of `slots` layer by layer into a new LoRA module `new_slot`; return its rank.
+
+    A slot that does not adapt a layer (another `layers_to_transform`) contributes a zero delta
+    there; ranks may differ per layer (`rank_pattern`), the merged module takes the largest sum.
+    """
+    from peft.tuners.lora import LoraLayer
     from peft.utils import merge_utils
 
     from .lora import LoraSettings
 
-    layers = lora_layers(backbone, slots[0])
-    rank = 0
-    for layer in layers.values():
-        rank = max(rank, sum(layer.r[s] for s in slots))
+    layers = [m for m in backbone.model.modules() if isinstance(m, LoraLayer) and any(s in m.lora_A for s in slots)]
+    rank = max(sum(layer.r[s] for s in slots if s in layer.lora_A) for layer in layers)
     get_method("lora").add(backbone, new_slot, LoraSettings(r=rank, alpha=rank, dropout=0.0,
                                                             target_modules=list(target_modules)))
     n = len(slots)
@@ -105,20 +108,28 @@ def merge_lora(backbone, slots: list[str], spec, new_slot: str, target_modules: 
     try:
         with torch.no_grad():
             for name, layer in lora_layers(backbone, new_slot).items():
-                deltas = [(layer.lora_B[s].weight @ layer.lora_A[s].weight).float() * layer.scaling[s] for s in slots]
+                out_b, out_a = layer.lora_B[new_slot].weight, layer.lora_A[new_slot].weight
+                if not any(s in layer.lora_A for s in slots):  # no intermediate adapts this layer
+                    out_b.zero_()
+                    out_a.zero_()
+                    continue
+                deltas = [(layer.lora_B[s].weight @ layer.lora_A[s].weight).float() * layer.scaling[s]
+                          if s in layer.lora_A else torch.zeros(out_b.shape[0], out_a.shape[1], device=out_a.device)
+                          for s in slots]
+                w = weights.to(deltas[0].device)
                 if spec.how == "linear":
-                    merged = merge_utils.task_arithmetic(deltas, weights)
+                    merged = merge_utils.task_arithmetic(deltas, w)
                 elif spec.how == "ties":
-                    merged = merge_utils.ties(deltas, weights, spec.density)
+                    merged = merge_utils.ties(deltas, w, spec.density)
                 elif spec.how == "dare_linear":
-                    merged = merge_utils.dare_linear(deltas, weights, spec.density)
+                    merged = merge_utils.dare_linear(deltas, w, spec.density)
                 else:
-                    merged = merge_utils.dare_ties(deltas, weights, spec.density)
+                    merged = merge_utils.dare_ties(deltas, w, spec.density)
                 U, S, Vh = torch.linalg.svd(merged, full_matrices=False)
                 r = layer.r[new_slot]
                 sq = S[:r].sqrt()
-                layer.lora_B[new_slot].weight.copy_((U[:, :r] * sq).to(layer.lora_B[new_slot].weight.dtype))
-                layer.lora_A[new_slot].weight.copy_((sq[:, None] * Vh[:r]).to(layer.lora_A[new_slot].weight.dtype))
+                out_b.copy_((U[:, :r] * sq).to(out_b.dtype))
+                out_a.copy_((sq[:, None] * Vh[:r]).to(out_a.dtype))
     finally:
         torch.random.set_rng_state(gen_state)
     return rank

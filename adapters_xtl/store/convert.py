@@ -2,7 +2,8 @@
 
 `export_module` writes a folder that the other library loads with its own API alone:
 
-- `fmt="peft"` (LoRA modules): `adapter_config.json` (written by peft's own `LoraConfig`) and
+- `fmt="peft"` (LoRA modules, DoRA / rsLoRA / PiSSA / OLoRA / patterns included, and IA3
+  modules): `adapter_config.json` (written by peft's own `LoraConfig` / `IA3Config`) and
   `adapter_model.safetensors`, loadable by `PeftModel.from_pretrained(XLMRobertaModel, folder)`.
 - `fmt="adapters"` (bottleneck modules): `adapter_config.json` as `model.save_adapter` writes
   it, `adapter.safetensors` (`model.load_adapter(folder, use_safetensors=True)`) and
@@ -142,7 +143,7 @@ def _check_against_backbone(backbone, fm: ForeignModule, head: dict[str, torch.T
         attach_saved(backbone, fm.method, fm.method_config, fm.module, slot)
     finally:
         method.remove(backbone, slot)
-        if fm.method == "lora":
+        if fm.library == "peft":
             method.deactivate(backbone)
     if head:
         module = get_format(spec.format).make_head(spec, backbone.hidden_size)
@@ -259,12 +260,13 @@ def export_module(
     from ..model import split_weights
 
     if fmt not in FORMATS:
-        raise XtlError(f"unknown export format {fmt!r}", where="--format", fix="use peft (LoRA) or adapters (bottleneck)")
+        raise XtlError(f"unknown export format {fmt!r}", where="--format",
+                       fix="use peft (LoRA, IA3) or adapters (bottleneck)")
     manifest, tensors = registry.load(name, version)
     want = FORMAT_OF_METHOD.get(manifest.method)
     if want != fmt:
         raise XtlError(f"module {name!r} is a {manifest.method} module; it exports to {want or 'no library'}, not {fmt}",
-                       where="--format", fix=f"use --format {want}" if want else "export a lora or bottleneck module")
+                       where="--format", fix=f"use --format {want}" if want else "export a lora, ia3 or bottleneck module")
     other = sorted(k for k in tensors if not k.startswith(("module.", "head.")))
     if other:
         raise XtlError(f"module {name!r} holds weights {fmt} has no place for (e.g. {other[:2]}): a fused or "
@@ -275,7 +277,7 @@ def export_module(
     out_dir, tmp, commit = _atomic_dir(Path(out_dir), overwrite)
     try:
         if fmt == "peft":
-            cfg = peft_config(manifest.method_config, base)
+            cfg = peft_config(manifest.method_config, base, method=manifest.method)
             cfg.save_pretrained(str(tmp))
             _save_safetensors(tmp / PEFT_WEIGHTS, peft_tensors(module))
         else:

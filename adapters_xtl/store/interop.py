@@ -2,11 +2,15 @@
 
 A module moves between adapters_xtl and those libraries only if it computes exactly the same
 thing on both sides, so this module knows each library's saved layout and refuses, with a clear
-`XtlError`, everything our methods cannot reproduce (DoRA, rsLoRA, LoRA biases, per-layer ranks,
-parallel or prefix adapters, ...) instead of loading it approximately:
+`XtlError`, everything our methods cannot reproduce (LoRA biases, embedding LoRA, PiSSA/OLoRA
+adapters saved against their residual base weight, parallel or prefix adapters, ...) instead of
+loading it approximately:
 
-- peft (LoRA): `adapter_config.json` (peft's `LoraConfig`) + `adapter_model.safetensors`, keys
-  `base_model.model.<path>.lora_A.weight`.
+- peft (LoRA, with its variants DoRA, rsLoRA, layers_to_transform, rank/alpha patterns; IA3):
+  `adapter_config.json` (peft's `LoraConfig` / `IA3Config`) + `adapter_model.safetensors`,
+  keys `base_model.model.<path>.lora_A.weight`, `...lora_magnitude_vector` (DoRA),
+  `...ia3_l` (IA3). A PiSSA/OLoRA module goes out as the plain LoRA of rank 2r it is stored as
+  (what peft's `path_initial_model_for_weight_conversion` writes).
 - adapters (bottleneck): `adapter_config.json` as `model.save_adapter` writes it +
   `adapter.safetensors` (or `pytorch_adapter.bin`), keys `...adapters.<name>.adapter_down.0.weight`,
   and optionally adapters' classification head (`head_config.json` + `model_head.safetensors`),
@@ -32,6 +36,7 @@ import torch
 
 from ..errors import XtlError
 from ..methods.base import PLACEHOLDER
+from .peft_configs import _empty, ia3_settings_from_peft, lora_settings_from_peft, peft_config
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +51,43 @@ ADAPTERS_HEAD_CONFIG = "head_config.json"
 ADAPTERS_HEAD_WEIGHTS = "model_head.safetensors"
 ADAPTERS_HEAD_WEIGHTS_BIN = "pytorch_model_head.bin"
 FORMATS = ("peft", "adapters")
-FORMAT_OF_METHOD = {"lora": "peft", "bottleneck": "adapters"}
+FORMAT_OF_METHOD = {"lora": "peft", "ia3": "peft", "bottleneck": "adapters"}
 
 __all__ = ["ADAPTERS_HEAD_CONFIG", "ADAPTERS_HEAD_WEIGHTS", "ADAPTERS_HEAD_WEIGHTS_BIN", "ADAPTERS_WEIGHTS",
            "ADAPTERS_WEIGHTS_BIN", "CONFIG", "FORMATS", "FORMAT_OF_METHOD", "HEAD_CONFIG", "HEAD_WEIGHTS",
            "PEFT_WEIGHTS", "PEFT_WEIGHTS_BIN", "ForeignModule", "adapters_config", "adapters_tensors",
-           "bottleneck_settings_from_adapters", "lora_settings_from_peft", "peft_config", "peft_tensors",
+           "bottleneck_settings_from_adapters", "ia3_settings_from_peft", "lora_settings_from_peft", "peft_config", "peft_tensors",
            "read_folder", "read_tensors", "require_head"]
 
 # Keys that a model class may put in front of the encoder (task models, adapters' flex-head models).
 _MODEL_PREFIXES = ("roberta.", "xlm_roberta.", "model.", "encoder_model.")
-_LORA_KEY = re.compile(r"^(?P<path>.+)\.(?P<ab>lora_A|lora_B)\.weight$")
-_OUR_LORA_KEY = re.compile(r"^(?P<path>.+)\.(?P<ab>lora_A|lora_B)\." + re.escape(PLACEHOLDER) + r"\.weight$")
+# (peft's saved name, ours) per tensor kind; {p} is the module path inside the encoder
+_AB = (r"^(?P<p>.+)\.(?P<ab>lora_A|lora_B)\.weight$", "{p}.{ab}." + PLACEHOLDER + ".weight")
+_MAG = (r"^(?P<p>.+)\.lora_magnitude_vector$", "{p}.lora_magnitude_vector." + PLACEHOLDER + ".weight")
+_IA3 = (r"^(?P<p>.+)\.ia3_l$", "{p}.ia3_l." + PLACEHOLDER + "-ia3")  # methods.ia3.adapter_name
+_PEFT_KEYS_LORA, _PEFT_KEYS_DORA, _PEFT_KEYS_IA3 = (_AB,), (_AB, _MAG), (_IA3,)
+_OUR_KEYS = (
+    (re.compile(r"^(?P<p>.+)\.(?P<ab>lora_A|lora_B)\." + re.escape(PLACEHOLDER) + r"\.weight$"), "{p}.{ab}.weight"),
+    (re.compile(r"^(?P<p>.+)\.lora_magnitude_vector\." + re.escape(PLACEHOLDER) + r"\.weight$"),
+     "{p}.lora_magnitude_vector"),
+    (re.compile(r"^(?P<p>.+)\.ia3_l\." + re.escape(PLACEHOLDER) + r"-ia3$"), "{p}.ia3_l"),
+)
+
+
+def _peft_to_ours(key: str, kinds) -> str | None:
+    for pattern, ours in kinds:
+        m = re.match(pattern, key)
+        if m:
+            return ours.format(**m.groupdict())
+    return None
+
+
+def _ours_to_peft(key: str) -> str | None:
+    for pattern, theirs in _OUR_KEYS:
+        m = pattern.match(key)
+        if m:
+            return theirs.format(**m.groupdict())
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,90 +146,7 @@ def _strip_model_prefix(key: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# configs: ours <-> theirs
-
-
-# peft LoraConfig fields that change what a LoRA computes and that our LoRA method does not
-# reproduce: field -> value our method uses (anything else is refused)
-_PEFT_MUST_BE = {
-    "bias": "none",
-    "use_dora": False,
-    "use_rslora": False,
-    "fan_in_fan_out": False,
-    "lora_bias": False,
-    "rank_pattern": {},
-    "alpha_pattern": {},
-    "layers_to_transform": None,
-    "layers_pattern": None,
-    "modules_to_save": None,
-    "layer_replication": None,
-    "trainable_token_indices": None,
-    "target_parameters": None,
-    "megatron_config": None,
-    "use_qalora": False,
-    "use_bdlora": None,
-    "exclude_modules": None,
-}
-# fields that only describe training, initialisation or bookkeeping
-_PEFT_NEUTRAL = {
-    "peft_type", "task_type", "r", "lora_alpha", "lora_dropout", "target_modules", "base_model_name_or_path",
-    "revision", "inference_mode", "init_lora_weights", "auto_mapping", "peft_version", "megatron_core",
-    "loftq_config", "eva_config", "corda_config", "lora_ga_config", "kasa_config", "monteclora_config",
-    "velora_config", "runtime_config", "qalora_group_size", "ensure_weight_tying", "arrow_config",
-    "alora_invocation_tokens",
-}
-
-
-def _empty(v: Any) -> bool:
-    return v in (None, False, {}, [], "", "none")
-
-
-def lora_settings_from_peft(cfg: dict[str, Any], where: str) -> dict[str, Any]:
-    """Our `LoraSettings` (as a dict) from a peft `adapter_config.json`, or a clear XtlError."""
-    from ..methods import get_method
-
-    if cfg.get("peft_type") != "LORA":
-        raise XtlError(f"peft_type is {cfg.get('peft_type')!r}; only LORA adapters can be imported", where=where,
-                       fix="train the module as LoRA, or use adapters_xtl's bottleneck method via the adapters library")
-    problems = []
-    for key, ours in _PEFT_MUST_BE.items():
-        if key in cfg and cfg[key] != ours and not (_empty(cfg[key]) and _empty(ours)):
-            problems.append(f"{key}={cfg[key]!r} (adapters_xtl's LoRA uses {ours!r})")
-    for key, value in cfg.items():
-        if key not in _PEFT_MUST_BE and key not in _PEFT_NEUTRAL and not _empty(value):
-            problems.append(f"{key}={value!r} (unknown to adapters_xtl)")
-    tm = cfg.get("target_modules")
-    if isinstance(tm, str):
-        problems.append(f"target_modules is the regular expression {tm!r} (adapters_xtl needs a list of module names)")
-    elif not isinstance(tm, (list, tuple)) or not tm or not all(isinstance(t, str) and t for t in tm):
-        problems.append(f"target_modules={tm!r} (a non-empty list of module names is needed)")
-    if problems:
-        raise XtlError(
-            "unsupported LoRA configuration: " + "; ".join(problems),
-            where=where,
-            fix="adapters_xtl imports plain LoRA (any target modules, bias='none', no DoRA/rsLoRA, one rank and "
-            "alpha for every layer); retrain or re-save the adapter with those settings",
-        )
-    # peft saves target_modules as a set: order them as our default list does, then by name, so
-    # equal configs hash equally (reuse lookups, --init-from)
-    default = list(get_method("lora").config_cls.model_fields["target_modules"].default)
-    order = sorted(set(tm), key=lambda t: (default.index(t) if t in default else len(default), t))
-    raw = {"r": cfg.get("r"), "alpha": cfg.get("lora_alpha"), "dropout": cfg.get("lora_dropout", 0.0),
-           "target_modules": order}
-    if isinstance(raw["alpha"], float) and raw["alpha"].is_integer():
-        raw["alpha"] = int(raw["alpha"])
-    return get_method("lora").make_config(raw, where=where).model_dump()
-
-
-def peft_config(method_config: dict[str, Any], base_model: str | None):
-    """peft's `LoraConfig` for one of our LoRA method configs (what `LoraMethod.add` injects)."""
-    from peft import LoraConfig
-
-    from ..methods import get_method
-
-    s = get_method("lora").make_config(method_config)
-    return LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=list(s.target_modules),
-                      bias="none", base_model_name_or_path=base_model, inference_mode=True)
+# configs: ours <-> theirs (peft's: store.peft_configs)
 
 
 def adapters_config(method_config: dict[str, Any]):
@@ -275,7 +222,7 @@ class ForeignModule:
     """A module read from another library's folder, converted to our naming."""
 
     library: str  # "peft" | "adapters"
-    method: str  # "lora" | "bottleneck"
+    method: str  # "lora" | "ia3" | "bottleneck"
     method_config: dict[str, Any]
     module: dict[str, torch.Tensor]  # our `split_weights` naming (placeholder for the module name)
     head: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -319,35 +266,39 @@ def read_folder(folder: str | Path) -> ForeignModule:
 
 def _read_peft(folder: Path, cfg: dict[str, Any]) -> ForeignModule:
     where = str(folder / CONFIG)
-    settings = lora_settings_from_peft(cfg, where)
+    method = "ia3" if cfg.get("peft_type") == "IA3" else "lora"
+    settings = ia3_settings_from_peft(cfg, where) if method == "ia3" else lora_settings_from_peft(cfg, where)
     wpath = _pick(folder, [PEFT_WEIGHTS, PEFT_WEIGHTS_BIN])
     if wpath is None:
         raise XtlError(f"no {PEFT_WEIGHTS} (or {PEFT_WEIGHTS_BIN}) in {folder}", where=str(folder),
                        fix="save the adapter with peft's save_pretrained")
     raw = read_tensors(wpath)
+    keys = _PEFT_KEYS_IA3 if method == "ia3" else (_PEFT_KEYS_DORA if settings.get("use_dora") else _PEFT_KEYS_LORA)
     module: dict[str, torch.Tensor] = {}
     bad = []
     for key, value in raw.items():
         k = key[len("base_model.model."):] if key.startswith("base_model.model.") else key
         k = _strip_model_prefix(k)
-        m = _LORA_KEY.match(k)
-        if not m:
+        ours = _peft_to_ours(k, keys)
+        if ours is None:
             bad.append(key)
             continue
-        module[f"{m['path']}.{m['ab']}.{PLACEHOLDER}.weight"] = value
+        module[ours] = value
     if bad:
         kinds = ("lora_embedding" if any("lora_embedding" in b for b in bad) else
-                 "lora_magnitude_vector (DoRA)" if any("magnitude" in b for b in bad) else "other")
+                 "lora_magnitude_vector (DoRA) while the config says use_dora=false"
+                 if any("magnitude" in b for b in bad) else "other")
+        what = "IA3 vectors" if method == "ia3" else "LoRA A/B matrices (and DoRA magnitudes)"
         raise XtlError(
-            f"{wpath.name} holds {len(bad)} tensor(s) that are not plain LoRA A/B matrices of Linear layers "
-            f"({kinds}; e.g. {bad[:2]})",
+            f"{wpath.name} holds {len(bad)} tensor(s) that are not {what} of Linear layers ({kinds}; e.g. {bad[:2]})",
             where=str(wpath),
-            fix="adapters_xtl imports LoRA on Linear layers only (no embedding LoRA, DoRA, biases or "
+            fix="adapters_xtl imports LoRA / DoRA / IA3 on Linear layers only (no embedding LoRA, biases or "
             "modules_to_save)",
         )
     if not module:
-        raise XtlError(f"{wpath.name} holds no LoRA weights", where=str(wpath), fix="save the trained adapter")
-    return ForeignModule(library="peft", method="lora", method_config=settings, module=module,
+        raise XtlError(f"{wpath.name} holds no {method.upper()} weights", where=str(wpath),
+                       fix="save the trained adapter")
+    return ForeignModule(library="peft", method=method, method_config=settings, module=module,
                          base_model=cfg.get("base_model_name_or_path") or None,
                          library_version=cfg.get("peft_version"), original_config=cfg)
 
@@ -443,8 +394,24 @@ def _read_xtl_head(folder: Path, fm: ForeignModule) -> None:
     fm.head_source = "adapters_xtl"
     fm.xtl = info
     ours = info.get("method_config")
-    if info.get("method") == fm.method and isinstance(ours, dict) and _same_config(ours, fm.method_config):
-        fm.method_config = ours  # our export: keep the exact config (list order included)
+    if info.get("method") == fm.method and isinstance(ours, dict) and _same_config(_stored(fm.method, ours),
+                                                                                   fm.method_config):
+        # our export: keep the exact config (list order included; a PiSSA/OLoRA module's own
+        # settings rather than the plain LoRA it is stored as)
+        fm.method_config = ours
+
+
+def _stored(method: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The config a module of `config` is exported under (PiSSA/OLoRA: the plain LoRA of rank 2r)."""
+    if method != "lora":
+        return config
+    from ..methods import get_method
+    from ..methods.lora import stored_settings
+
+    try:
+        return stored_settings(get_method("lora").make_config(config)).model_dump()
+    except XtlError:
+        return config
 
 
 def _same_config(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -457,14 +424,15 @@ def _same_config(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def peft_tensors(module: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Our LoRA weights -> peft's saved naming (`base_model.model.<path>.lora_A.weight`)."""
+    """Our LoRA / DoRA / IA3 weights -> peft's saved naming (`base_model.model.<path>.lora_A.weight`,
+    `...lora_magnitude_vector`, `...ia3_l`)."""
     out = {}
     for key, value in module.items():
-        m = _OUR_LORA_KEY.match(key)
-        if not m:
-            raise XtlError(f"weight {key!r} is not a LoRA A/B matrix", where="export --format peft",
-                           fix="only LoRA modules on Linear layers export to peft")
-        out[f"base_model.model.{m['path']}.{m['ab']}.weight"] = value
+        theirs = _ours_to_peft(key)
+        if theirs is None:
+            raise XtlError(f"weight {key!r} is not a LoRA A/B matrix, DoRA magnitude or IA3 vector",
+                           where="export --format peft", fix="only LoRA and IA3 modules on Linear layers export to peft")
+        out[f"base_model.model.{theirs}"] = value
     return out
 
 
