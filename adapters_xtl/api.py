@@ -31,7 +31,7 @@ from .tasks import TaskCatalog, TaskSpec, get_task
 from .trainer import TrainConfig
 
 __all__ = ["Backbone", "TaskCatalog", "LoRA", "Bottleneck", "TrainConfig", "Single", "Stack", "Fuse", "Merge",
-           "Continue", "Block", "MultiTask", "train", "evaluate", "predict", "Registry", "TaskModule", "Recipe", "run", "report",
+           "Continue", "Block", "MultiTask", "train", "evaluate", "predict", "Registry", "TaskModule", "Recipe", "run", "report", "suggest",
            "study", "XtlError", "LocalExecutor"]
 
 from .runner import LocalExecutor  # noqa: E402
@@ -208,6 +208,15 @@ def study(name: str, **kwargs):
     from .studies import run_study
 
     return run_study(name, **kwargs)
+
+
+def suggest(target: str, languages: "list[str]", **kwargs):
+    """Rank candidate English intermediate tasks for `target` in each language before training
+    (signals on the frozen backbone plus measured gains of `runs=[...]` grids and the registry);
+    see docs/suggest.md. Returns a `Suggestion` (`.rankings[lang]`, `.render()`, `.as_dict()`)."""
+    from .suggest import suggest as _suggest
+
+    return _suggest(target, languages, **kwargs)
 
 
 def predict(module: "str", texts: "Iterable[str | dict]", *, backbone: Backbone, registry: "Registry | None" = None,

@@ -82,6 +82,7 @@ def write_predictions(path: Path, module: str, task: str, predictions: dict[str,
     for lang, rows in predictions.items():
         for r in rows:
             lines.append(json.dumps({"module": module, "task": task, "language": lang, **r}, ensure_ascii=False))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(path), "".join(l + "\n" for l in lines))
     return Path(path)
 
@@ -93,13 +94,14 @@ def result_rows(module: str, task: str, scores: dict[str, dict[str, float]], *, 
     ts = time.strftime("%Y-%m-%dT%H:%M:%S")
     return [
         {"module": module, "task": task, "language": lang, "metric": metric, "score": round(float(v), 4),
-         **_interval_fields((intervals or {}).get(lang, {}).get(metric)), "time": ts, **extra}
+         **interval_fields((intervals or {}).get(lang, {}).get(metric)), "time": ts, **extra}
         for lang, ms in scores.items()
         for metric, v in ms.items()
     ]
 
 
-def _interval_fields(iv) -> dict:
+def interval_fields(iv) -> dict:
+    """A results row's uncertainty fields for one score's Interval: n, ci_low, ci_high."""
     import math
 
     if iv is None:

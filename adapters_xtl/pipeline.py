@@ -175,9 +175,11 @@ def evaluate_module(
     allow_backbone_mismatch: bool = False,
     update_registry: bool = True,
     predictions_path: Path | None = None,
+    predictions: dict | None = None,
 ) -> dict[str, dict[str, float]]:
     """Score a registry module, with the composition it was trained in (or, with module=None,
-    the bare backbone for retrieval)."""
+    the bare backbone for retrieval). A dict `predictions` receives the per-example rows of each
+    language (what intervals and paired gains are computed from)."""
     spec = task if isinstance(task, TaskSpec) else get_task(task)
     registry = registry or Registry()
     t0 = time.perf_counter()
@@ -186,14 +188,14 @@ def evaluate_module(
             raise XtlError(f"task {spec.name!r} needs a trained module", where="--module",
                            fix="train one with `xtl train` first")
         model = TaskModel(backbone, spec)
-        preds: dict = {}
+        preds: dict = predictions if predictions is not None else {}
         scores = evaluate(model, spec, languages, data_dir=data_dir, limit=limit, predictions=preds)
         label = f"backbone:{backbone.fingerprint.model_id}"
     else:
         with ModuleSession.saved_module(backbone, registry, module, allow_backbone_mismatch=allow_backbone_mismatch) as session:
             man = session.manifest_saved
             model = session.task_model(spec)
-            preds = {}
+            preds = predictions if predictions is not None else {}
             scores = evaluate(model, spec, languages, data_dir=data_dir, limit=limit, predictions=preds)
         label = f"{man.name}@{man.version}"
         if update_registry and spec.name == man.task and limit is None:  # full evaluations only

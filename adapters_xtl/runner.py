@@ -30,11 +30,12 @@ from rich.console import Console
 
 from .cost import estimate_hours, measured_peak_flops  # noqa: F401
 from .errors import XtlError
-from .evaluation import append_results, read_results
+from .evaluation import append_results, interval_fields, read_results, write_predictions
+from .formats.intervals import score_intervals
 from .io import TMP_PREFIX, LockHeld, atomic_write_bytes, exclusive_lock, repair_jsonl_tail
 from .recipe import Cell, ModuleJob, Plan
 from .store.registry import Registry
-from .tasks import get_task
+from .tasks import get_task, training_task
 from .trainer import TrainConfig
 
 
@@ -109,6 +110,14 @@ def run_id(run_dir: Path) -> str:
         rid = secrets.token_hex(8)
         atomic_write_json(path, {"run_id": rid, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
         return rid
+
+
+def _existing_run_id(run_dir: Path | None) -> str | None:
+    """The run id, only when the folder already has one (a dry-run writes nothing)."""
+    try:
+        return str(json.loads((Path(run_dir) / RUN_ID).read_text(encoding="utf-8"))["run_id"]) if run_dir else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _row_key(row: dict) -> tuple:
@@ -192,14 +201,18 @@ def describe(plan: Plan, registry: Registry, backbone_fp=None, run_dir: Path | N
     todo = [c for c in plan.cells if c.key not in cached]
     needed = {n for c in todo for n in c.intermediates}
     to_train = [m for m in plan.modules if m.name not in reuse and m.name in needed]
+    rid = _existing_run_id(run_dir)
+    trained = {c.key for c in todo if rid and _find_registered(registry, c.name, {"cell": c.key, "run": rid},
+                                                                  backbone_fp) is not None}
     return {
+        "cells_trained": trained,
         "cells": len(plan.cells),
         "cells_cached": len(cached),
         "cached_keys": cached,
         "modules_to_train": [m.name for m in to_train],
         "modules_reused": reuse,
         "training_steps": sum(cfgs[m.name].steps for m in to_train)
-        + sum(cfgs[c.key].steps for c in todo if get_task(c.target).format != "retrieval"),
+        + sum(cfgs[c.key].steps for c in todo if c.key not in trained and get_task(c.target).format != "retrieval"),
     }
 
 
@@ -291,7 +304,7 @@ def _run_plan(plan: Plan, run_dir: Path, cfgs: dict[str, TrainConfig], *, regist
                 tm = train_multitask_module(backbone, job.multitask, sampling=job.sampling, cap=job.cap, **common)
             else:
                 spec = get_task(job.task)
-                tm = train_module(backbone, spec, eval_languages=[spec.train_language], **common)
+                tm = train_module(backbone, spec, eval_languages=[training_task(spec).train_language], **common)
             console.print(f"  trained {tm.manifest.name}: {_fmt_scores(tm.scores)} in {tm.result.seconds:.0f}s")
 
         from .pipeline import swap_clock
@@ -301,14 +314,16 @@ def _run_plan(plan: Plan, run_dir: Path, cfgs: dict[str, TrainConfig], *, regist
             swap_clock.take()
             spec = get_task(cell.target)
             inter_tasks = [next(m.task for m in plan.modules if m.name == n) for n in cell.intermediates]
-            rows_extra = {"cell": cell.key, "target": cell.target, "composition": cell.composition,
+            rows_extra = {"cell": cell.key, "target": cell.target, "format": spec.format, "composition": cell.composition,
                           "intermediate_task": "+".join(inter_tasks) or "none",
                           "backbone": backbone.fingerprint.short(), "method": recipe.method,
                           "intermediate": "+".join(cell.intermediates) or "none", "seed": cell.seed}
+            preds: dict[str, list] = {}
             if spec.format == "retrieval":
                 module = cell.intermediates[0] if cell.intermediates else None
                 scores = evaluate_module(backbone, module, spec, registry=registry, languages=cell.languages,
-                                         data_dir=data_dir, limit=cell.eval_limit, update_registry=False)
+                                         data_dir=data_dir, limit=cell.eval_limit, update_registry=False,
+                                         predictions=preds)
                 module_name = module or "backbone"
             else:
                 # registered before a kill cut this cell short: reuse it, never train a second version
@@ -316,20 +331,24 @@ def _run_plan(plan: Plan, run_dir: Path, cfgs: dict[str, TrainConfig], *, regist
                 if man is None:
                     tm = _run_training_cell(cell, plan, backbone, registry, data_dir, progress, run_dir, train_module,
                                             cfgs[cell.key], rid)
-                    man, scores = tm.manifest, tm.scores
+                    man, scores, preds = tm.manifest, tm.scores, tm.predictions
                 else:
+                    # evaluated again: the per-example rows behind its intervals died with the kill
                     console.print(f"  {cell.label}: reusing {man.name}@{man.version}, registered before an interruption")
-                    scores = _recorded_scores(man, cell) or evaluate_module(
+                    scores = evaluate_module(
                         backbone, f"{man.name}@{man.version}", spec, registry=registry, languages=cell.languages,
-                        data_dir=data_dir, limit=cell.eval_limit, update_registry=False)
+                        data_dir=data_dir, limit=cell.eval_limit, update_registry=False, predictions=preds)
                 module_name = f"{man.name}@{man.version}"
             seconds = time.perf_counter() - t0
             swap = swap_clock.take()
             rows_extra["target"] = spec.name
+            intervals = score_intervals(spec, scores, preds)
             rows = [{"module": module_name, "task": spec.name, "language": lang, "metric": metric,
-                     "score": round(float(v), 4), **rows_extra}
+                     "score": round(float(v), 4), **interval_fields(intervals.get(lang, {}).get(metric)), **rows_extra}
                     for lang, ms in scores.items() for metric, v in ms.items()]
-            # the commit: one atomic record with the rows; the append after it is repeatable
+            # per-example rows first (reports test gains on them), then the commit: one atomic
+            # record with the rows; the append after it is repeatable
+            write_predictions(run_dir / "predictions" / f"{cell.key}.jsonl", module_name, spec.name, preds)
             _atomic_json(run_dir / "cells" / f"{cell.key}.json",
                          {"cell": json.loads(cell.model_dump_json()), "scores": scores, "seconds": round(seconds, 2),
                           "swap_seconds": round(swap, 4), "module": module_name, "rows": rows})
@@ -342,19 +361,6 @@ def _run_plan(plan: Plan, run_dir: Path, cfgs: dict[str, TrainConfig], *, regist
             console.print(f"  {cell.label}: {_fmt_scores(scores)} ({seconds:.0f}s, module swaps {swap:.2f}s)")
         emit(progress, "end", grid, done, len(plan.cells))
     return results
-
-
-def _recorded_scores(man, cell: Cell) -> dict:
-    """The scores a cell's module was registered with (they are the cell's scores), or {} when the
-    manifest holds none for the cell's evaluation limit (then the caller evaluates it again)."""
-    limited = getattr(man, "limited_scores", None)
-    if cell.eval_limit is not None and isinstance(limited, dict) and limited.get("limit") == cell.eval_limit:
-        scores = limited.get("scores") or {}
-    elif cell.eval_limit is None or not limited:
-        scores = man.scores
-    else:
-        scores = {}
-    return {lang: dict(ms) for lang, ms in scores.items() if cell.languages is None or lang in cell.languages}
 
 
 def _run_training_cell(cell: Cell, plan: Plan, backbone, registry, data_dir, progress, run_dir, train_module,

@@ -28,7 +28,7 @@ def toy_world(tiny_backbone_dir, tmp_path):
 def test_public_names_import_lazily_and_resolve():
     for name in ("Backbone", "TaskCatalog", "LoRA", "Bottleneck", "TrainConfig", "Single", "Stack", "Fuse", "Merge",
                  "Continue", "MultiTask", "train", "evaluate", "predict", "Registry", "TaskModule", "Recipe", "run",
-                 "report", "study", "XtlError"):
+                 "report", "study", "suggest", "XtlError"):
         assert getattr(xtl, name) is not None, name
     with pytest.raises(AttributeError):
         xtl.no_such_name

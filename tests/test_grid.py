@@ -74,6 +74,9 @@ def test_grid_runs_caches_resumes_and_reports(tiny_backbone_dir, tmp_path, regis
     for r in rows:
         per_cell.setdefault(r["cell"], set()).add((r["language"], r["metric"]))
     assert all(len(v) == 4 for v in per_cell.values())  # en/de x accuracy/macro_f1, no duplicates
+    # every score carries its n and 95% interval; every cell kept its per-example rows
+    assert all(r["n"] > 0 and r["ci_low"] <= r["score"] <= r["ci_high"] for r in rows), [r for r in rows if "n" not in r][:2]
+    assert {f.stem for f in (run / "predictions").glob("*.jsonl")} == set(per_cell)
     # intermediates were trained once each (6 = 3 x 2 seeds) and reused afterwards
     assert all(len(registry.versions(m.name)) == 1 for m in plan.modules)
     man = registry.manifest(next(m.name for m in plan.modules if m.multitask))
@@ -94,6 +97,7 @@ def test_grid_runs_caches_resumes_and_reports(tiny_backbone_dir, tmp_path, regis
     md = write_report(run)
     text = md.read_text()
     assert "gain over no intermediate" in text and "heatmap.png" in text
+    assert "Holm (family-wise error) correction across all" in text  # gains tested on the kept rows
     assert (run / "heatmap.png").stat().st_size > 1000 and (run / "report.csv").exists()
     cell = json.loads(next((run / "cells").glob("*.json")).read_text())
     assert cell["seconds"] >= 0 and cell["scores"]

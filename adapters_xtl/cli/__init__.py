@@ -22,6 +22,7 @@ from .predict import predict
 from .report import report
 from .run import quickstart, run
 from .study import study
+from .suggest import suggest
 from .train import train
 
 app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -45,6 +46,7 @@ app.command()(report)
 app.command()(tasks)
 app.command()(backbone)
 app.command()(study)
+app.command()(suggest)
 
 
 from .bench import bench  # noqa: E402

@@ -53,7 +53,7 @@ def run_plan_and_report(plan, out: Path, *, dry_run: bool, registry: Optional[Pa
 def _run_plan_and_report(plan, out: Path, *, dry_run: bool, registry: Optional[Path], device: Optional[str]):
     from ..api import run as api_run
     from ..evaluation import read_results
-    from ..reporting import rich_tables, score_table, write_report
+    from ..reporting import load_predictions, rich_tables, score_table, write_report
     from ..runner import describe
 
     reg = open_registry(registry)
@@ -75,7 +75,7 @@ def _run_plan_and_report(plan, out: Path, *, dry_run: bool, registry: Optional[P
     with progress() as report:
         api_run(plan, out, registry=reg, device=device, console=console, progress=report)
     path = write_report(out, f"Results: {plan.recipe.name}")
-    for tab in rich_tables(score_table(read_results(out / "results.jsonl"))):
+    for tab in rich_tables(score_table(read_results(out / "results.jsonl"), load_predictions(out))):
         console.print(tab)
     console.print(f"done in {time.perf_counter() - t0:.0f}s: {out / 'results.jsonl'}, {path}")
 
@@ -93,9 +93,10 @@ def print_estimate(plan, info, device) -> None:
     if src["guess"]:
         how.append(f"{src['guess']} guessed from the {est['peak_tflops']:.2f} TFLOP/s matmul peak x "
                    f"{est['assumed_mfu']:.0%} assumed MFU (no run measured here yet)")
-    console.print(f"estimated training time on this machine ({est['device']}): {est['hours']:,.2f} h for "
-                  f"{est['jobs']} trainings, {est['training_tokens'] / 1e6:,.1f}M training tokens (batch x half the "
-                  f"max length per step); {'; '.join(how) or 'nothing to train'}. Evaluation not included.")
+    console.print(f"estimated time on this machine ({est['device']}): {est['hours']:,.2f} h: "
+                  f"{est['train_hours']:,.2f} h for {est['jobs']} trainings, {est['training_tokens'] / 1e6:,.1f}M "
+                  f"training tokens (batch x half the max length per step), and {est['eval_hours']:,.2f} h for "
+                  f"{est['evaluations']} evaluations; {'; '.join(how) or 'nothing to run'}.")
 
 
 def quickstart(

@@ -119,12 +119,14 @@ def score_table(rows: list[dict], predictions: dict[str, dict[str, list]] | None
     for target, groups in by.items():
         langs = sorted({lang for g in groups.values() for lang in g}, key=lambda l: (l != "en", l))
         spec = _spec(target)
+        fmt = spec.format if spec else next((r.get("format") for g in groups.values() for seeds in g.values()
+                                             for r in seeds.values() if r.get("format")), None)
         metric = main_metric(target)
         table, gain = {}, {}
         for key, per_lang in groups.items():
-            table[key] = _scores(spec, metric, per_lang, predictions, n_resamples)
+            table[key] = _scores((spec, fmt), metric, per_lang, predictions, n_resamples)
             if key != BASE and BASE in groups:
-                gain[key] = _gains(spec, metric, per_lang, groups[BASE], predictions, n_resamples)
+                gain[key] = _gains((spec, fmt), metric, per_lang, groups[BASE], predictions, n_resamples)
         extra = ["avg"] + ([ZS] if "en" in langs and len(langs) > 2 else [])
         out[target] = {"languages": langs + extra, "rows": table, "gain": gain, "metric": metric}
     _correct(out, correction, alpha)
@@ -138,12 +140,15 @@ def _spec(target: str):
         return None
 
 
-def _parts(spec, metric: str, cells: list[tuple[str, str, str | None]], predictions) -> list | None:
-    """Pooling parts for (language, cell_b, cell_a) triples, or None when any rows are missing."""
+def _parts(task, metric: str, cells: list[tuple[str, str, str | None]], predictions) -> list | None:
+    """Pooling parts for (language, cell_b, cell_a) triples, or None when any rows are missing.
+    `task` is (spec or None, format): a task outside today's catalog is scored by the format its
+    rows recorded (span QA then by SQuAD's normalisation)."""
     from ..formats.intervals import metric_language
     from ..metrics.pooled import Part
 
-    if spec is None:
+    spec, fmt = task
+    if fmt is None:
         return None
     parts = []
     for lang, b, a in cells:
@@ -151,7 +156,7 @@ def _parts(spec, metric: str, cells: list[tuple[str, str, str | None]], predicti
         ra = predictions.get(a, {}).get(lang) if a else None
         if not rb or (a and not ra):
             return None
-        parts.append(Part(lang, spec.format, metric, rb, ra, metric_language(spec, lang)))
+        parts.append(Part(lang, fmt, metric, rb, ra, metric_language(spec, lang) if spec else None))
     return parts
 
 
