@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 # The public API (adapters_xtl/api.py), imported on first use as lm-eval-harness does, so that
 # `import adapters_xtl` and `xtl --help` stay fast and torch loads only when it is needed.
 _PUBLIC = {
-    "Backbone", "TaskCatalog", "LoRA", "Bottleneck", "TrainConfig", "Single", "Stack", "Fuse", "Merge",
+    "Backbone", "TaskCatalog", "LoRA", "Bottleneck", "IA3", "TrainConfig", "Single", "Stack", "Fuse", "Merge",
     "Continue", "MultiTask", "Block", "train", "evaluate", "predict", "Registry", "TaskModule", "Recipe", "run",
     "report", "study", "suggest", "XtlError", "LocalExecutor",
 }

@@ -23,6 +23,7 @@ from .compose import Block, Continue, Fuse, Merge, Single, Stack  # noqa: F401  
 from .errors import XtlError
 from .methods.base import MethodConfig
 from .methods.bottleneck import BottleneckSettings as Bottleneck
+from .methods.ia3 import IA3Settings as IA3
 from .methods.lora import LoraSettings as LoRA
 from .pipeline import TrainedModule, evaluate_module, train_module
 from .recipe import Plan

@@ -306,7 +306,7 @@ def render_card(manifest: Manifest) -> str:
 
 
 # what `xtl registry export` writes per method, and the folder `xtl registry push` uploads it to
-EXPORT_FORMATS = {"lora": "peft", "bottleneck": "adapters"}
+EXPORT_FORMATS = {"lora": "peft", "ia3": "peft", "bottleneck": "adapters"}
 
 
 def _library_usage(m: Manifest) -> list[str]:

@@ -121,21 +121,9 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         except Exception as e:  # safetensors raises its own error types
             raise XtlError(f"{path.name} is not a valid safetensors file ({e})", where=str(path),
                            fix="re-save the adapter with its library") from None
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError and friends: refuse, never fall back to full unpickling
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise XtlError(
-            f"refusing {path.name}: it cannot be loaded as plain tensors with torch.load(weights_only=True) "
-            f"({first})",
-            where=str(path),
-            fix="a pickle that needs code to load is not accepted; re-save the adapter with safetensors "
-            "(peft: save_pretrained(..., safe_serialization=True); adapters: save_adapter(..., use_safetensors=True))",
-        ) from None
-    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()):
-        raise XtlError(f"refusing {path.name}: it is not a flat dict of name -> tensor", where=str(path),
-                       fix="re-save the adapter with safetensors")
-    return {k: v.contiguous() for k, v in data.items()}
+    from .weights import load_pickled_tensors  # refuses code-needing pickles, without torch's unsafe hint
+
+    return load_pickled_tensors(path)
 
 
 def _strip_model_prefix(key: str) -> str:
