@@ -304,22 +304,33 @@ class Registry:
     def index(self) -> dict[str, dict[str, dict[str, Any]]]:
         """name -> version -> {task, method, backbone, reuse_key, created_at} (rebuilt if needed)."""
         data = _index.read_index(self.root)
-        if data is None:
+        if data is None or not self._index_matches_folders(data):
             if not self.root.is_dir():
                 return {}
             with self.lock():
                 data = _index.read_index(self.root)
-                if data is None:
+                if data is None or not self._index_matches_folders(data):
                     data = _index.rebuild(self.all_manifests())
                     _index.write_index(self.root, data)
         return data["modules"]
 
+    def _folder_versions(self) -> set[tuple[str, str]]:
+        return {(n, v) for n in self.names() for v in self.versions(n)}
+
+    def _index_matches_folders(self, data: dict[str, Any]) -> bool:
+        """Whether the index lists exactly the version folders (a kill between the rename of a new
+        version and the index update leaves the index one version behind; listing is cheap)."""
+        listed = {(n, v) for n, vs in data["modules"].items() for v in vs}
+        return listed == self._folder_versions()
+
     def _update_index(self, put: Manifest | None = None, drop: tuple[str, str | None] | None = None) -> None:
         """Under the lock: read (or rebuild) the index, apply one change, replace it atomically."""
         data = _index.read_index(self.root)
-        if data is None:
-            data = _index.rebuild(self.all_manifests())  # already reflects the folders, including this change
-        _index.write_index(self.root, _index.updated(data, put=put, drop=drop))
+        if data is not None:
+            data = _index.updated(data, put=put, drop=drop)
+        if data is None or not self._index_matches_folders(data):  # missing, corrupt, or behind after a kill
+            data = _index.rebuild(self.all_manifests())  # reflects the folders, including this change
+        _index.write_index(self.root, data)
 
     # -- writing ------------------------------------------------------------------------------
 

@@ -205,7 +205,10 @@ def _verify_index(registry: Registry, found: dict[str, dict[str, Manifest]], pro
         for name, vs in sorted(found.items()):
             for version in sorted(vs):
                 if version not in indexed.get(name, {}):
-                    problems.append(Problem(str(root / name / version), "index", f"not listed in {INDEX}", fix))
+                    problems.append(Problem(str(root / name / version), "index",
+                                            f"not listed in {INDEX} (harmless: the index is a cache that a write "
+                                            "interrupted after its rename leaves behind; --fix or the next write "
+                                            "rebuilds it)", fix))
                     rebuild = True
     if fix and rebuild:
         _index.write_index(root, _index.rebuild(m for vs in found.values() for m in vs.values()))
