@@ -115,7 +115,10 @@ class LogReporter:
 def _info(fields: dict[str, Any]) -> str:
     parts = []
     for k, v in fields.items():
-        parts.append(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}")
+        if isinstance(v, float):
+            parts.append(f"{k} {v:.4f}" if v == 0 or abs(v) >= 1e-3 else f"{k} {v:.2e}")  # lr 5e-05, not 0.0000
+        else:
+            parts.append(f"{k} {v}")
     return " ".join(parts)
 
 

@@ -281,6 +281,7 @@ def _train(model, trainable, train_features, dev_features, dev_examples, cfg, *,
         model.train()
         score = scores.get(main_metric, next(iter(scores.values())))
         history.append({"step": step, "dev": scores})
+        emit(progress, "advance", description, step, cfg.steps, **{f"dev_{main_metric}": score})  # trackers log it
         if best_score is None or score > best_score:
             best_score, best_step, best_state = score, step, snapshot()
 
@@ -332,8 +333,9 @@ def _train(model, trainable, train_features, dev_features, dev_examples, cfg, *,
                 since_log = 0
                 if not math.isfinite(avg):
                     raise XtlError(f"loss became {avg} at step {done}", where=description, fix="lower the learning rate")
-                history.append({"step": done, "loss": avg, "lr": scheduler.get_last_lr()[0]})
-                emit(progress, "advance", description, done, cfg.steps, loss=avg)
+                lr_now = scheduler.get_last_lr()[0]
+                history.append({"step": done, "loss": avg, "lr": lr_now})
+                emit(progress, "advance", description, done, cfg.steps, loss=avg, lr=lr_now)
             t_aside = time.perf_counter()
             if done % cfg.eval_every == 0 or done == cfg.steps:
                 evaluate_dev(done)
