@@ -29,13 +29,15 @@ from .pipeline import TrainedModule, evaluate_module, train_module
 from .recipe import Plan
 from .store.registry import Registry as _StoreRegistry
 from .tasks import TaskCatalog, TaskSpec, get_task
+from .tracking import Tracker, tracked
 from .trainer import TrainConfig
 
 __all__ = ["Backbone", "TaskCatalog", "LoRA", "Bottleneck", "TrainConfig", "Single", "Stack", "Fuse", "Merge",
            "Continue", "Block", "MultiTask", "train", "evaluate", "predict", "Registry", "TaskModule", "Recipe", "run", "report", "suggest",
-           "study", "XtlError", "LocalExecutor"]
+           "study", "XtlError", "LocalExecutor", "RayExecutor", "Tracker"]
 
-from .runner import LocalExecutor  # noqa: E402
+from .executors import LocalExecutor  # noqa: E402
+from .executors.ray import RayExecutor  # noqa: E402  (imports ray only when made)
 
 
 class Registry(_StoreRegistry):
@@ -94,11 +96,19 @@ def train(backbone: Backbone, task: "str | TaskSpec | MultiTask", *, method: "Me
           config: "TrainConfig | dict | None" = None, name: str | None = None, languages: list[str] | None = None,
           eval_limit: int | None = None, data_dir: "str | Path | None" = None, results: "str | Path | None" = None,
           checkpoint_dir: "str | Path | None" = None, catalog: TaskCatalog | None = None,
-          progress=None) -> TrainedModule:
+          progress=None, tracker: "Tracker | None" = None) -> TrainedModule:
     """Train a task module on the task's English data (on top of `compose`'s frozen
     intermediates), score it zero-shot on `languages` (default: all of the task's) and register
     it. `config` fields override the task's own training defaults. Returns the trained module;
-    its `.name` is the pinned registry reference (`name@version`)."""
+    its `.name` is the pinned registry reference (`name@version`). A `tracker`
+    (`xtl.Tracker("tensorboard", folder)`) gets the loss, learning rate and dev score per logged
+    step and the final zero-shot scores; the caller closes it."""
+    if tracker is not None:
+        tm = train(backbone, task, method=method, compose=compose, registry=registry, config=config, name=name,
+                   languages=languages, eval_limit=eval_limit, data_dir=data_dir, results=results,
+                   checkpoint_dir=checkpoint_dir, catalog=catalog, progress=tracked(progress, tracker))
+        tracker.log_scores(tm.manifest.name, tm.scores, step=tm.manifest.steps)
+        return tm
     method_name, method_config = _method(method)
     registry = registry or Registry()
     data_dir = Path(data_dir) if data_dir else None
@@ -169,19 +179,36 @@ class Recipe:
 
 def run(plan: "Plan | Recipe | str | Path", out: "str | Path | None" = None, *, registry: "Registry | None" = None,
         backbone: Backbone | None = None, executor=None, device: str | None = None, console=None,
-        progress=None) -> Path:
+        progress=None, tracker: "Tracker | None" = None) -> Path:
     """Run a plan's cells (resumably: finished cells are cached in `out/cells`), append their
-    rows to `out/results.jsonl` and return that path. `executor` defaults to this process."""
+    rows to `out/results.jsonl` and return that path. `executor` defaults to this process. A
+    `tracker` gets every trained module's curves and, at the end, each cell's zero-shot scores."""
+    if tracker is not None:
+        path = run(plan, out, registry=registry, backbone=backbone, executor=executor, device=device,
+                   console=console, progress=tracked(progress, tracker))
+        from .evaluation import read_results
+
+        for module, scores in _scores_by_module(read_results(path)).items():
+            tracker.log_scores(module, scores)
+        return path
     if isinstance(plan, (str, Path)):
         plan = Recipe.load(plan)
     if isinstance(plan, Recipe):
         plan = plan.expand()
     out = Path(out) if out else Path("runs") / plan.recipe.name
     if executor is None:
-        from .runner import LocalExecutor
-
         executor = LocalExecutor(device=device, console=console)
     return executor.run(plan, out, registry=registry or Registry(), backbone=backbone, progress=progress)
+
+
+def _scores_by_module(rows: "list[dict]") -> "dict[str, dict[str, dict[str, float]]]":
+    """results rows -> module name (unversioned, as its training job is named) -> language -> metric."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for r in rows:
+        if r.get("module") and r.get("language") and r.get("metric") and isinstance(r.get("score"), (int, float)):
+            job = str(r["module"]).split("@")[0]
+            out.setdefault(job, {}).setdefault(r["language"], {})[r["metric"]] = r["score"]
+    return out
 
 
 def report(run_dir: "str | Path", title: str | None = None, *, correction: str = "holm",
