@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import console
+from .common import console, print_json
 
 
 def tasks(
@@ -17,7 +17,7 @@ def tasks(
     name: Optional[str] = typer.Argument(None, help="the task to audit"),
     group: Optional[str] = typer.Option(None, help="intermediate | target | demo | local"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="data folder (default $XTL_DATA or ../shared/data)"),
-    as_json: bool = typer.Option(False, "--json", help="audit: print the report as JSON"),
+    as_json: bool = typer.Option(False, "--json", help="print the catalog (or the audit report) as JSON"),
 ):
     """List the task catalog (built-in tasks plus --tasks-dir folders), or `xtl tasks audit NAME`:
     overlaps between training and evaluation examples per language (exit 1 when any)."""
@@ -31,12 +31,16 @@ def tasks(
             raise XtlError("which task?", where="xtl tasks audit", fix="xtl tasks audit NAME [--data-dir DIR] [--json]")
         _audit(name, data_dir, as_json)
         return
+    specs = [s for s in active_catalog() if not group or s.group == group]
+    if as_json:
+        print_json([{"name": s.name, "format": s.format, "group": s.group, "languages": list(s.languages),
+                     "train_task": s.train_task, "paper_name": s.paper_name, "metrics": list(s.metrics),
+                     "main_metric": s.main_metric, "description": s.description, "file": s.file} for s in specs])
+        return
     t = Table(title="tasks")
     for col in ("name", "format", "group", "languages", "description"):
         t.add_column(col)
-    for s in active_catalog():
-        if group and s.group != group:
-            continue
+    for s in specs:
         t.add_row(s.name, s.format, s.group, str(len(s.languages)), s.description[:70])
     console.print(t)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -45,3 +46,18 @@ def scores_table(title: str, scores: dict[str, dict[str, float]]) -> Table:
 
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+@contextmanager
+def json_output(as_json: bool):
+    """With --json, stdout carries exactly one JSON document: tables, progress and messages go to
+    stderr for the command's duration (so `xtl ... --json | jq` works)."""
+    if not as_json:
+        yield
+        return
+    saved = console._file  # None = follow sys.stdout
+    console.file = sys.stderr
+    try:
+        yield
+    finally:
+        console._file = saved

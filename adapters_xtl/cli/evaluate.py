@@ -10,7 +10,7 @@ import typer
 
 from .. import checks
 from ..errors import XtlError
-from .common import console, langs, registry as open_registry, scores_table
+from .common import console, json_output, langs, print_json, registry as open_registry, scores_table
 
 
 def eval_cmd(
@@ -27,8 +27,17 @@ def eval_cmd(
     registry: Optional[Path] = typer.Option(None),
     allow_backbone_mismatch: bool = typer.Option(False, help="load a module trained on another backbone/quantization"),
     device: Optional[str] = typer.Option(None),
+    as_json: bool = typer.Option(False, "--json", help="print the scores as one JSON object (messages go to stderr)"),
 ):
     """Evaluate a registry module (or the bare backbone, for retrieval) zero-shot per language."""
+    with json_output(as_json):
+        _eval(task=task, module=module, backbone=backbone, quantization=quantization, languages=languages, limit=limit,
+              data_dir=data_dir, results=results, save_predictions=save_predictions, registry=registry,
+              allow_backbone_mismatch=allow_backbone_mismatch, device=device, as_json=as_json)
+
+
+def _eval(*, task, module, backbone, quantization, languages, limit, data_dir, results, save_predictions, registry,
+          allow_backbone_mismatch, device, as_json):
     from ..api import Backbone
     from ..pipeline import evaluate_module
     from ..tasks import get_task
@@ -57,5 +66,10 @@ def eval_cmd(
     scores = evaluate_module(bb, module, spec, registry=reg, languages=langs(languages), data_dir=data_dir,
                              limit=limit, results_path=results, allow_backbone_mismatch=allow_backbone_mismatch,
                              predictions_path=save_predictions)
-    console.print(scores_table(f"{module or 'backbone'} on {spec.name} ({time.perf_counter() - t0:.1f}s)", scores))
+    seconds = time.perf_counter() - t0
+    console.print(scores_table(f"{module or 'backbone'} on {spec.name} ({seconds:.1f}s)", scores))
     console.print(f"results appended to {results}" + (f"; predictions in {save_predictions}" if save_predictions else ""))
+    if as_json:
+        print_json({"module": module, "task": spec.name, "backbone": bb.fingerprint.short(), "limit": limit,
+                    "scores": scores, "seconds": round(seconds, 3), "results": str(results),
+                    "predictions": str(save_predictions) if save_predictions else None})
