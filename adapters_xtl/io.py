@@ -66,30 +66,13 @@ def _temp_path(path: Path) -> Path:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Replace `path` with `data`: a reader sees the old content or the new one, never half."""
-    path = Path(path)
     data = bytes(data)
-    try:
-        keep_mode = stat.S_IMODE(os.stat(path).st_mode)
-    except OSError:
-        keep_mode = None
-    tmp = _temp_path(path)
-    # 0o666 & ~umask, applied by the kernel: the permissions a plain open(path, "w") gives
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        try:
-            if keep_mode is not None and hasattr(os, "fchmod"):
-                os.fchmod(fd, keep_mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "r+b") as f:  # the temp file exists already, with its permissions
+            f.write(data)
+
+    atomic_write_with(path, write)
 
 
 def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> None:
