@@ -34,9 +34,10 @@ from .trainer import TrainConfig
 
 __all__ = ["Backbone", "TaskCatalog", "LoRA", "Bottleneck", "TrainConfig", "Single", "Stack", "Fuse", "Merge",
            "Continue", "Block", "MultiTask", "train", "evaluate", "predict", "Registry", "TaskModule", "Recipe", "run", "report", "suggest",
-           "study", "XtlError", "LocalExecutor", "Tracker"]
+           "study", "XtlError", "LocalExecutor", "RayExecutor", "Tracker"]
 
-from .runner import LocalExecutor  # noqa: E402
+from .executors import LocalExecutor  # noqa: E402
+from .executors.ray import RayExecutor  # noqa: E402  (imports ray only when made)
 
 
 class Registry(_StoreRegistry):

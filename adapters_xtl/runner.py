@@ -1,4 +1,11 @@
-"""Run a plan on one loaded backbone: intermediate modules first, then every cell, resumably.
+"""Run a plan's cells resumably: the steps every executor shares, and the in-process run.
+
+The driver opens the run folder (`open_run`, under `run_lock`) and commits each finished cell
+(`commit_cell`: it alone writes the cell records and results.jsonl); a worker, this process or a
+Ray actor with its own backbone (executors/), trains intermediate modules (`ensure_module`) and
+runs cells (`run_cell`), writing only to the registry and the cell's checkpoint folder.
+`run_plan` is the in-process sequence of these steps on one loaded backbone: intermediate
+modules first, then every cell (the local executor, the reference).
 
 A kill at any moment costs at most the cell in flight, and never duplicates or loses a row:
 
@@ -24,6 +31,7 @@ import secrets
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -237,9 +245,10 @@ def _find_registered(registry: Registry, name: str, match: dict, backbone_fp=Non
 
 def run_plan(plan: Plan, run_dir: Path, *, registry: Registry | None = None, backbone=None,
              console: Console | None = None, device: str | None = None, progress=None) -> Path:
-    """Run every cell of `plan` not yet finished in `run_dir`; return the results file.
-    `progress` is a callback for ProgressEvents (default: bars on a terminal, lines in a log).
-    Refused (XtlError) while another process runs in `run_dir`."""
+    """Run every cell of `plan` not yet finished in `run_dir`, one after another in this process
+    on one loaded backbone (the local executor, the reference for the others); return the
+    results file. `progress` is a callback for ProgressEvents (default: bars on a terminal,
+    lines in a log). Refused (XtlError) while another process runs in `run_dir`."""
     run_dir = Path(run_dir)
     with plan.recipe.catalog().active():
         cfgs = train_configs(plan)
@@ -248,119 +257,207 @@ def run_plan(plan: Plan, run_dir: Path, *, registry: Registry | None = None, bac
                              device=device, progress=progress)
 
 
-def _run_plan(plan: Plan, run_dir: Path, cfgs: dict[str, TrainConfig], *, registry, backbone, console, device,
-              progress) -> Path:
-    from .backbone import load_backbone
-    from .pipeline import evaluate_module, train_module
+# -- the steps every executor shares: the driver opens the run folder and commits cells; a worker
+# (this process, or a Ray actor with its own backbone) trains modules and runs cells --------------
 
-    console = console or Console()
-    registry = registry or Registry()
-    recipe = plan.recipe
+
+@dataclass
+class RunState:
+    """A run folder opened by its one driver, under the run lock: what is left to do."""
+
+    plan: Plan
+    run_dir: Path
+    rid: str
+    with_rows: set[str]  # cells that have rows in results.jsonl
+    todo: list[Cell]
+
+    @property
+    def results(self) -> Path:
+        return self.run_dir / "results.jsonl"
+
+
+def open_run(plan: Plan, run_dir: Path, console: Console) -> RunState:
+    """Make the run folder whole again after whatever ended the last run (call under the run
+    lock): plan.json, the run id, stranded temp files cleaned, results.jsonl repaired."""
     run_dir.mkdir(parents=True, exist_ok=True)
     _atomic_json(run_dir / "plan.json", json.loads(plan.model_dump_json()))
     rid = run_id(run_dir)
-    results = run_dir / "results.jsonl"
     _clean_leftovers(run_dir)
     repaired = repair_results(run_dir)
     if repaired["cut"] or repaired["appended"]:
         console.print(f"results.jsonl repaired after an interrupted run: {len(repaired['cut'])} characters of a "
                       f"half-written line cut, {repaired['appended']} rows of finished cells written")
-    with_rows = repaired["cells"]
-    data_dir = Path(recipe.data_dir) if recipe.data_dir else None
     todo = [c for c in plan.cells if not (run_dir / "cells" / f"{c.key}.json").exists()]
-    if not todo:
+    return RunState(plan, run_dir, rid, repaired["cells"], todo)
+
+
+def needed_modules(plan: Plan, todo: list[Cell]) -> list[ModuleJob]:
+    """The intermediate modules the cells still to run stand on, in plan order."""
+    needed = {n for c in todo for n in c.intermediates}
+    return [job for job in plan.modules if job.name in needed]
+
+
+@dataclass
+class CellWork:
+    """What a worker needs, besides its backbone, to train a plan's modules and run its cells."""
+
+    plan: Plan
+    run_dir: Path
+    rid: str
+    registry: Registry
+    cfgs: dict[str, TrainConfig]
+
+    @property
+    def data_dir(self) -> Path | None:
+        return Path(self.plan.recipe.data_dir) if self.plan.recipe.data_dir else None
+
+
+def ensure_module(work: CellWork, job: ModuleJob, backbone, progress=None) -> str | None:
+    """Train intermediate `job` unless the registry has it (this run's version, or any run's when
+    the recipe has `reuse_registry`); a line saying what was trained, None when it was reused."""
+    from .pipeline import train_module
+
+    recipe = work.plan.recipe
+    # this run's own version first (a kill after it was registered), any run's if allowed
+    if _find_module(work.registry, job, backbone.fingerprint, None if recipe.reuse_registry else work.rid):
+        return None
+    common = dict(name=job.name, method=recipe.method, method_config=recipe.method_config,
+                  train_config=work.cfgs[job.name], registry=work.registry, data_dir=work.data_dir,
+                  recipe_hash=work.plan.recipe_hash, progress=progress,
+                  checkpoint_dir=work.run_dir / "checkpoints" / job.name,
+                  extra_manifest={"train_key": job.key, "run": work.rid})
+    if job.multitask:
+        from .multitask import train_multitask_module
+
+        tm = train_multitask_module(backbone, job.multitask, sampling=job.sampling, cap=job.cap, **common)
+    else:
+        spec = get_task(job.task)
+        tm = train_module(backbone, spec, eval_languages=[training_task(spec).train_language], **common)
+    return f"trained {tm.manifest.name}: {_fmt_scores(tm.scores)} in {tm.result.seconds:.0f}s"
+
+
+@dataclass
+class CellOutcome:
+    """A finished cell, not yet committed: its rows, scores and per-example predictions."""
+
+    key: str
+    module: str
+    task: str
+    scores: dict
+    rows: list[dict]
+    predictions: dict[str, list]
+    seconds: float
+    swap_seconds: float
+    note: str | None = None  # e.g. that a module registered before an interruption was reused
+
+
+def run_cell(work: CellWork, cell: Cell, backbone, progress=None) -> CellOutcome:
+    """Train (or reuse) and evaluate one cell on `backbone`; writes only to the registry and the
+    cell's checkpoint folder; the driver commits the outcome (`commit_cell`)."""
+    from .pipeline import evaluate_module, swap_clock, train_module
+
+    plan, registry, data_dir = work.plan, work.registry, work.data_dir
+    recipe = plan.recipe
+    t0 = time.perf_counter()
+    swap_clock.take()
+    spec = get_task(cell.target)
+    inter_tasks = [next(m.task for m in plan.modules if m.name == n) for n in cell.intermediates]
+    rows_extra = {"cell": cell.key, "target": cell.target, "format": spec.format, "composition": cell.composition,
+                  "intermediate_task": "+".join(inter_tasks) or "none",
+                  "backbone": backbone.fingerprint.short(), "method": recipe.method,
+                  "intermediate": "+".join(cell.intermediates) or "none", "seed": cell.seed}
+    preds: dict[str, list] = {}
+    note = None
+    if spec.format == "retrieval":
+        module = cell.intermediates[0] if cell.intermediates else None
+        scores = evaluate_module(backbone, module, spec, registry=registry, languages=cell.languages,
+                                 data_dir=data_dir, limit=cell.eval_limit, update_registry=False,
+                                 predictions=preds)
+        module_name = module or "backbone"
+    else:
+        # registered before a kill cut this cell short: reuse it, never train a second version
+        man = _find_registered(registry, cell.name, {"cell": cell.key, "run": work.rid}, backbone.fingerprint)
+        if man is None:
+            tm = _run_training_cell(cell, plan, backbone, registry, data_dir, progress, work.run_dir, train_module,
+                                    work.cfgs[cell.key], work.rid)
+            man, scores, preds = tm.manifest, tm.scores, tm.predictions
+        else:
+            # evaluated again: the per-example rows behind its intervals died with the kill
+            note = f"reusing {man.name}@{man.version}, registered before an interruption"
+            scores = evaluate_module(
+                backbone, f"{man.name}@{man.version}", spec, registry=registry, languages=cell.languages,
+                data_dir=data_dir, limit=cell.eval_limit, update_registry=False, predictions=preds)
+        module_name = f"{man.name}@{man.version}"
+    seconds = time.perf_counter() - t0
+    swap = swap_clock.take()
+    rows_extra["target"] = spec.name
+    intervals = score_intervals(spec, scores, preds)
+    rows = [{"module": module_name, "task": spec.name, "language": lang, "metric": metric,
+             "score": round(float(v), 4), **interval_fields(intervals.get(lang, {}).get(metric)), **rows_extra}
+            for lang, ms in scores.items() for metric, v in ms.items()]
+    return CellOutcome(cell.key, module_name, spec.name, scores, rows, preds, seconds, swap, note)
+
+
+def commit_cell(state: RunState, cell: Cell, outcome: CellOutcome) -> None:
+    """The driver's commit of a finished cell (only the driver writes here): per-example rows
+    first (reports test gains on them), then one atomic record with the rows; the append of the
+    rows to results.jsonl after it is repeatable (`repair_results`)."""
+    write_predictions(state.run_dir / "predictions" / f"{cell.key}.jsonl", outcome.module, outcome.task,
+                      outcome.predictions)
+    _atomic_json(state.run_dir / "cells" / f"{cell.key}.json",
+                 {"cell": json.loads(cell.model_dump_json()), "scores": outcome.scores,
+                  "seconds": round(outcome.seconds, 2), "swap_seconds": round(outcome.swap_seconds, 4),
+                  "module": outcome.module, "rows": outcome.rows})
+    results = state.results
+    if cell.key in state.with_rows and results.exists():  # rows without a record: an older run's, replaced
+        _drop_cells(results, {cell.key})
+    append_results(results, outcome.rows)
+    state.with_rows.add(cell.key)
+
+
+def cell_line(cell: Cell, outcome: CellOutcome, where: str = "") -> str:
+    return (f"  {cell.label}: {_fmt_scores(outcome.scores)} ({outcome.seconds:.0f}s, module swaps "
+            f"{outcome.swap_seconds:.2f}s{where})")
+
+
+def _run_plan(plan: Plan, run_dir: Path, cfgs: dict[str, TrainConfig], *, registry, backbone, console, device,
+              progress) -> Path:
+    from contextlib import nullcontext
+
+    from .backbone import load_backbone
+    from .progress import emit
+
+    console = console or Console()
+    registry = registry or Registry()
+    state = open_run(plan, run_dir, console)
+    if not state.todo:
         console.print(f"[green]all {len(plan.cells)} cells already done[/] (cached in {run_dir / 'cells'})")
-        return results
+        return state.results
 
     t_load = time.perf_counter()
     if backbone is None:
-        backbone = load_backbone(recipe.backbone, recipe.quantization, device)
+        backbone = load_backbone(plan.recipe.backbone, plan.recipe.quantization, device)
     console.print(f"backbone {backbone.fingerprint.short()} loaded in {time.perf_counter() - t_load:.1f}s")
-
-    from contextlib import nullcontext
-
-    from .progress import emit
+    work = CellWork(plan, run_dir, state.rid, registry, cfgs)
 
     with (nullcontext(progress) if progress is not None else make_progress(console)) as progress:
-        grid = f"grid {recipe.name}"
-        done = len(plan.cells) - len(todo)
+        grid = f"grid {plan.recipe.name}"
+        done = len(plan.cells) - len(state.todo)
         emit(progress, "start", grid, done, len(plan.cells))
-        # intermediate modules: reuse from the registry or train now
-        needed = {n for c in todo for n in c.intermediates}
-        for job in plan.modules:
-            if job.name not in needed:
-                continue
-            # this run's own version first (a kill after it was registered), any run's if allowed
-            if _find_module(registry, job, backbone.fingerprint, None if recipe.reuse_registry else rid):
-                continue
-            common = dict(name=job.name, method=recipe.method, method_config=recipe.method_config,
-                          train_config=cfgs[job.name], registry=registry, data_dir=data_dir,
-                          recipe_hash=plan.recipe_hash, progress=progress,
-                          checkpoint_dir=run_dir / "checkpoints" / job.name,
-                          extra_manifest={"train_key": job.key, "run": rid})
-            if job.multitask:
-                from .multitask import train_multitask_module
-
-                tm = train_multitask_module(backbone, job.multitask, sampling=job.sampling, cap=job.cap, **common)
-            else:
-                spec = get_task(job.task)
-                tm = train_module(backbone, spec, eval_languages=[training_task(spec).train_language], **common)
-            console.print(f"  trained {tm.manifest.name}: {_fmt_scores(tm.scores)} in {tm.result.seconds:.0f}s")
-
-        from .pipeline import swap_clock
-
-        for cell in todo:
-            t0 = time.perf_counter()
-            swap_clock.take()
-            spec = get_task(cell.target)
-            inter_tasks = [next(m.task for m in plan.modules if m.name == n) for n in cell.intermediates]
-            rows_extra = {"cell": cell.key, "target": cell.target, "format": spec.format, "composition": cell.composition,
-                          "intermediate_task": "+".join(inter_tasks) or "none",
-                          "backbone": backbone.fingerprint.short(), "method": recipe.method,
-                          "intermediate": "+".join(cell.intermediates) or "none", "seed": cell.seed}
-            preds: dict[str, list] = {}
-            if spec.format == "retrieval":
-                module = cell.intermediates[0] if cell.intermediates else None
-                scores = evaluate_module(backbone, module, spec, registry=registry, languages=cell.languages,
-                                         data_dir=data_dir, limit=cell.eval_limit, update_registry=False,
-                                         predictions=preds)
-                module_name = module or "backbone"
-            else:
-                # registered before a kill cut this cell short: reuse it, never train a second version
-                man = _find_registered(registry, cell.name, {"cell": cell.key, "run": rid}, backbone.fingerprint)
-                if man is None:
-                    tm = _run_training_cell(cell, plan, backbone, registry, data_dir, progress, run_dir, train_module,
-                                            cfgs[cell.key], rid)
-                    man, scores, preds = tm.manifest, tm.scores, tm.predictions
-                else:
-                    # evaluated again: the per-example rows behind its intervals died with the kill
-                    console.print(f"  {cell.label}: reusing {man.name}@{man.version}, registered before an interruption")
-                    scores = evaluate_module(
-                        backbone, f"{man.name}@{man.version}", spec, registry=registry, languages=cell.languages,
-                        data_dir=data_dir, limit=cell.eval_limit, update_registry=False, predictions=preds)
-                module_name = f"{man.name}@{man.version}"
-            seconds = time.perf_counter() - t0
-            swap = swap_clock.take()
-            rows_extra["target"] = spec.name
-            intervals = score_intervals(spec, scores, preds)
-            rows = [{"module": module_name, "task": spec.name, "language": lang, "metric": metric,
-                     "score": round(float(v), 4), **interval_fields(intervals.get(lang, {}).get(metric)), **rows_extra}
-                    for lang, ms in scores.items() for metric, v in ms.items()]
-            # per-example rows first (reports test gains on them), then the commit: one atomic
-            # record with the rows; the append after it is repeatable
-            write_predictions(run_dir / "predictions" / f"{cell.key}.jsonl", module_name, spec.name, preds)
-            _atomic_json(run_dir / "cells" / f"{cell.key}.json",
-                         {"cell": json.loads(cell.model_dump_json()), "scores": scores, "seconds": round(seconds, 2),
-                          "swap_seconds": round(swap, 4), "module": module_name, "rows": rows})
-            if cell.key in with_rows and results.exists():  # rows without a record: an older run's, replaced by these
-                _drop_cells(results, {cell.key})
-            append_results(results, rows)
-            with_rows.add(cell.key)
+        for job in needed_modules(plan, state.todo):  # intermediate modules: reuse from the registry or train now
+            line = ensure_module(work, job, backbone, progress)
+            if line:
+                console.print(f"  {line}")
+        for cell in state.todo:
+            outcome = run_cell(work, cell, backbone, progress)
+            if outcome.note:
+                console.print(f"  {cell.label}: {outcome.note}")
+            commit_cell(state, cell, outcome)
             done += 1
             emit(progress, "advance", grid, done, len(plan.cells))
-            console.print(f"  {cell.label}: {_fmt_scores(scores)} ({seconds:.0f}s, module swaps {swap:.2f}s)")
+            console.print(cell_line(cell, outcome))
         emit(progress, "end", grid, done, len(plan.cells))
-    return results
+    return state.results
 
 
 def _run_training_cell(cell: Cell, plan: Plan, backbone, registry, data_dir, progress, run_dir, train_module,
@@ -387,16 +484,3 @@ def _fmt_scores(scores: dict) -> str:
 
 def cached_rows(run_dir: Path) -> list[dict]:
     return read_run_rows(run_dir)
-
-
-class LocalExecutor:
-    """Runs a plan's cells one after another in this process, on one loaded backbone: the
-    reference executor. An executor is any object with this `run` method (issue: Ray actors)."""
-
-    def __init__(self, device: str | None = None, console: Console | None = None):
-        self.device = device
-        self.console = console
-
-    def run(self, plan: Plan, run_dir: Path, *, registry: Registry, backbone=None, progress=None) -> Path:
-        return run_plan(plan, run_dir, registry=registry, backbone=backbone, console=self.console,
-                        device=self.device, progress=progress)

@@ -21,14 +21,53 @@ def run(
     data_dir: Optional[Path] = typer.Option(None, help="override the recipe's data_dir"),
     registry: Optional[Path] = typer.Option(None),
     device: Optional[str] = typer.Option(None),
+    executor: str = typer.Option("local", "--executor", help="local: one cell after another in this process; "
+                                 "ray: Ray workers, one backbone each (docs/scale-out.md)"),
+    address: Optional[str] = typer.Option(None, "--address", help="ray: auto, or HOST:PORT of a running cluster "
+                                          "(`ray start --head`); default: start Ray on this machine for the run"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="ray: how many workers (default 1)"),
+    cpus_per_worker: Optional[float] = typer.Option(None, "--cpus-per-worker",
+                                                    help="ray: CPUs per worker, also its torch threads (default 1)"),
+    gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker",
+                                                    help="ray: GPUs per worker; 0.5 puts two on one GPU (default 0)"),
 ):
     """Run a recipe: train/reuse intermediate modules, run every cell, write results and a report."""
     from ..api import Recipe
 
     checks.input_dir(data_dir, "--data-dir")
+    ex = make_executor(executor, address=address, workers=workers, cpus_per_worker=cpus_per_worker,
+                       gpus_per_worker=gpus_per_worker, device=device)
     overrides = {"data_dir": str(data_dir.resolve())} if data_dir else None
     plan = Recipe.load(recipe, overrides).expand()  # the whole recipe is checked here (recipe.check_recipe)
-    run_plan_and_report(plan, out or Path("runs") / plan.recipe.name, dry_run=dry_run, registry=registry, device=device)
+    run_plan_and_report(plan, out or Path("runs") / plan.recipe.name, dry_run=dry_run, registry=registry, device=device,
+                        executor=ex)
+
+
+EXECUTORS = ("local", "ray")
+
+
+def make_executor(name: str, *, address: Optional[str], workers: Optional[int], cpus_per_worker: Optional[float],
+                  gpus_per_worker: Optional[float], device: Optional[str]):
+    """`--executor` and its options -> None (the local executor) or a RayExecutor; Ray's options
+    without `--executor ray` are refused rather than ignored."""
+    from ..errors import did_you_mean
+
+    if name not in EXECUTORS:
+        raise XtlError(f"unknown executor {name!r}", where="--executor", fix=did_you_mean(name, EXECUTORS))
+    ray_opts = {"--address": address, "--workers": workers, "--cpus-per-worker": cpus_per_worker,
+                "--gpus-per-worker": gpus_per_worker}
+    if name == "local":
+        given = [k for k, v in ray_opts.items() if v is not None]
+        if given:
+            raise XtlError(f"{', '.join(given)} only apply to the ray executor", where=given[0],
+                           fix="add --executor ray, or leave them out")
+        return None
+    from ..executors.ray import RayExecutor  # ray itself is imported (or its absence explained) when made
+
+    return RayExecutor(1 if workers is None else workers, address=address,
+                       cpus_per_worker=1.0 if cpus_per_worker is None else cpus_per_worker,
+                       gpus_per_worker=0.0 if gpus_per_worker is None else gpus_per_worker, device=device,
+                       console=console)
 
 
 def check_run_options(plan, out: Path, *, registry: Optional[Path], device: Optional[str], dry_run: bool) -> None:
@@ -44,13 +83,15 @@ def check_run_options(plan, out: Path, *, registry: Optional[Path], device: Opti
         checks.output_dir(out, "--out")
 
 
-def run_plan_and_report(plan, out: Path, *, dry_run: bool, registry: Optional[Path], device: Optional[str]):
+def run_plan_and_report(plan, out: Path, *, dry_run: bool, registry: Optional[Path], device: Optional[str],
+                        executor=None):
     check_run_options(plan, out, registry=registry, device=device, dry_run=dry_run)
     with plan.recipe.catalog().active():  # the recipe's tasks_dir names its tasks for the plan table too
-        _run_plan_and_report(plan, out, dry_run=dry_run, registry=registry, device=device)
+        _run_plan_and_report(plan, out, dry_run=dry_run, registry=registry, device=device, executor=executor)
 
 
-def _run_plan_and_report(plan, out: Path, *, dry_run: bool, registry: Optional[Path], device: Optional[str]):
+def _run_plan_and_report(plan, out: Path, *, dry_run: bool, registry: Optional[Path], device: Optional[str],
+                         executor=None):
     from ..api import run as api_run
     from ..evaluation import read_results
     from ..reporting import load_predictions, rich_tables, score_table, write_report
@@ -73,7 +114,7 @@ def _run_plan_and_report(plan, out: Path, *, dry_run: bool, registry: Optional[P
         return
     t0 = time.perf_counter()
     with progress() as report:
-        api_run(plan, out, registry=reg, device=device, console=console, progress=report)
+        api_run(plan, out, registry=reg, device=device, console=console, progress=report, executor=executor)
     path = write_report(out, f"Results: {plan.recipe.name}")
     for tab in rich_tables(score_table(read_results(out / "results.jsonl"), load_predictions(out))):
         console.print(tab)
