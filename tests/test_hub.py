@@ -307,7 +307,7 @@ class LocalHub:
 @pytest.fixture()
 def hub(monkeypatch):
     """A running LocalHub; huggingface_hub online (conftest sets offline) and pointed at it."""
-    from huggingface_hub import constants, file_download
+    from huggingface_hub import constants, file_download, hf_api
     from huggingface_hub.utils import reset_sessions
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
@@ -321,6 +321,9 @@ def hub(monkeypatch):
         template = h.url + "/{repo_id}/resolve/{revision}/{filename}"
         monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
         monkeypatch.setattr(file_download, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+        # huggingface_hub's module-level functions (file_exists, model_info, ... that peft and
+        # adapters call) are methods of one HfApi made at import time
+        monkeypatch.setattr(hf_api.api, "endpoint", h.url)
         yield h
     monkeypatch.undo()
     reset_sessions()
@@ -390,20 +393,21 @@ def test_push_then_pull_round_trips_a_pinned_module(hub, trained, tmp_path, tiny
     assert pushed.hub == {"repo_id": "xtl-lab/toy-lora", "revision": sha}
     assert hub.repos["xtl-lab/toy-lora"]["branches"]["main"] == sha
     files = hub.files("xtl-lab/toy-lora", sha)
-    assert {"manifest.json", "weights.safetensors", "README.md", "peft/adapter_config.json",
-            "peft/adapter_model.safetensors", "peft/xtl_head.safetensors", "peft/xtl_head.json"} <= set(files)
+    # the repo root is a peft repo (the toy head mean-pools, so it rides beside as xtl_head.*)
+    assert {"manifest.json", "weights.safetensors", "README.md", "adapter_config.json",
+            "adapter_model.safetensors", "xtl_head.safetensors", "xtl_head.json"} <= set(files)
     # weights went through LFS (preupload said "lfs"), text as regular base64 files
     assert files["weights.safetensors"] in hub.lfs.values() and ("PUT", ) in {(v,) for v, _ in hub.log}
     assert reg.manifest("toy-lora").hub == pushed.hub and verify(reg) == []
 
     # the card the Hub renders
     card = ModelCard(files["README.md"].decode())
-    assert card.data.library_name == "adapters_xtl"
+    assert card.data.library_name == "peft" and card.data.pipeline_tag == "text-classification"
     assert card.data.tags == ["adapters_xtl", "lora", "toy-sentiment", "cross-lingual", "xtreme"]
     assert card.data.language == ["en", "de"]
     results = card.data.eval_results
     assert results and {r.dataset_config for r in results} == {"en", "de"}
-    assert 'PeftModel.from_pretrained(model, "xtl-lab/toy-lora", subfolder="peft")' in card.text
+    assert 'PeftModel.from_pretrained(model, "xtl-lab/toy-lora").eval()' in card.text
     assert "xtl registry pull xtl-lab/toy-lora" in card.text
 
     # pull into another registry: pinned, verified, equal tensors
@@ -429,11 +433,11 @@ def test_push_then_pull_round_trips_a_pinned_module(hub, trained, tmp_path, tiny
     assert old.hub["revision"] == sha and "fr" not in old.scores
     assert new.hub["revision"] == second.hub["revision"] and new.scores["fr"] == {"accuracy": 12.5}
 
-    # the peft export in the repo loads with peft alone
-    folder = snapshot_download("xtl-lab/toy-lora", revision=sha, allow_patterns=["peft/*"],
+    # the peft export at the repo root loads with peft alone
+    folder = snapshot_download("xtl-lab/toy-lora", revision=sha, allow_patterns=["adapter_*"],
                                local_dir=str(tmp_path / "snap"), endpoint=hub.url)
     base = XLMRobertaModel.from_pretrained(str(tiny_backbone_dir), add_pooling_layer=False)
-    assert isinstance(PeftModel.from_pretrained(base, str(Path(folder) / "peft")), PeftModel)
+    assert isinstance(PeftModel.from_pretrained(base, str(folder)), PeftModel)
 
 
 def test_lazy_pull_records_a_stub_that_load_completes(hub, trained, tmp_path, tiny_backbone_dir):
@@ -561,10 +565,10 @@ def test_pull_of_a_peft_repo_points_to_import_which_works(hub, trained, tmp_path
     local = import_module(registry, tmp_path / "p", task=str(task), backbone=bb, name="from-folder")
     assert_same_tensors(registry.load(m.name)[1], registry.load(local.name)[1])
     assert m.method_config == local.method_config
-    # our own pushed repo holds a peft export in peft/ (with the head): importable by subfolder
+    # our own pushed repo is a peft repo at its root (with our head beside): importable as such
     reg, task = trained
     push(reg, "toy-lora", repo_id="xtl-lab/sub")
-    sub = import_module(registry, "xtl-lab/sub", subfolder="peft", task=str(task), backbone=bb, name="sub")
+    sub = import_module(registry, "xtl-lab/sub", task=str(task), backbone=bb, name="sub")
     assert sub.imported["head"] == "adapters_xtl" and sub.method_config == reg.manifest("toy-lora").method_config
     assert_same_tensors(registry.load("sub")[1], reg.load("toy-lora")[1])
 

@@ -26,8 +26,9 @@ import yaml
 
 from .manifest import Manifest
 
-__all__ = ["AGGREGATE_KEYS", "BASE_MODELS", "EXPORT_FORMATS", "GENERATED_MARKER", "HUB_TASK_TYPES", "base_model",
-           "card_languages", "front_matter", "parse_front_matter", "render_card"]
+__all__ = ["AGGREGATE_KEYS", "BASE_MODELS", "EXPORT_FORMATS", "GENERATED_MARKER", "HUB_LIBRARIES", "HUB_TASK_TYPES",
+           "PIPELINE_TAGS", "base_model", "card_facts", "card_languages", "front_matter", "parse_front_matter",
+           "render_card", "zero_shot"]
 
 # Marks a card written by `render_card`: the registry re-renders such cards when scores change and
 # leaves hand-written ones alone. The text names the old module path; it must stay as it is, since
@@ -141,40 +142,97 @@ def _value(v: float) -> float | None:
     return None if math.isnan(v) or math.isinf(v) else round(v, 4)
 
 
+# Our task formats -> the Hub's pipeline tag (what the model page's widget and filters use).
+PIPELINE_TAGS = {
+    "classification": "text-classification",
+    "tagging": "token-classification",
+    "span_qa": "question-answering",
+    "multiple_choice": "multiple-choice",
+    "retrieval": "feature-extraction",
+}
+# the libraries a repo root is exported for -> the Hub's `library_name`
+HUB_LIBRARIES = {"peft": "peft", "adapters": "adapter-transformers"}
+
+
+def card_facts(manifest: Manifest) -> dict[str, Any]:
+    """The `card` record a push stores in the manifest (`store.cardfacts`), or {}."""
+    facts = (manifest.model_extra or {}).get("card")
+    return facts if isinstance(facts, dict) else {}
+
+
+def _native(manifest: Manifest) -> dict[str, Any]:
+    """How the repo root loads (`store.native.NativePlan.to_dict()`); for a card rendered before
+    any push, what a push would export, as far as the manifest tells."""
+    native = card_facts(manifest).get("native")
+    if isinstance(native, dict):
+        return native
+    comp = (manifest.composition or {}).get("kind")
+    lib = EXPORT_FORMATS.get(manifest.method)
+    return {"library": lib} if lib and comp not in ("stack", "fuse", "merge") else {}
+
+
+def zero_shot(manifest: Manifest, lang: str) -> bool:
+    """A score on a language the module never saw in training."""
+    return bool(manifest.languages_trained) and lang not in manifest.languages_trained
+
+
 def front_matter(manifest: Manifest) -> dict[str, Any]:
     """The card's YAML metadata as a dict (keys in the order the Hub documents them)."""
-    meta: dict[str, Any] = {"library_name": "adapters_xtl"}
+    facts = card_facts(manifest)
+    lib = HUB_LIBRARIES.get(_native(manifest).get("library"))
+    meta: dict[str, Any] = {}
+    if lib:
+        meta["library_name"] = lib
+    for key in ("license", "license_name"):
+        if facts.get(key):
+            meta[key] = facts[key]
     base = base_model(manifest.backbone.model_id)
     if base:
         meta["base_model"] = base
         meta["base_model_relation"] = "adapter"
-    tags = ["adapters_xtl", manifest.method, manifest.task, "cross-lingual", "xtreme"]
-    meta["tags"] = list(dict.fromkeys(t for t in tags if t))
+    datasets = [d for d in facts.get("datasets") or sorted(manifest.data_revisions)
+                if isinstance(d, str) and _REPO_ID.match(d) and "/" in d]
+    if datasets:
+        meta["datasets"] = datasets
     langs = card_languages(manifest)
     if langs:
         meta["language"] = langs
+    if manifest.format in PIPELINE_TAGS:
+        meta["pipeline_tag"] = PIPELINE_TAGS[manifest.format]
+    comp = (manifest.composition or {}).get("kind")
+    tags = ["adapters_xtl", manifest.method, manifest.task, "cross-lingual", "xtreme",
+            *([f"composition-{comp}"] if comp and comp != "single" else [])]
+    meta["tags"] = list(dict.fromkeys(t for t in tags if t))
     metrics = _metrics(manifest)
     if metrics:
         meta["metrics"] = metrics
     results = []
     task_type = HUB_TASK_TYPES.get(manifest.format, manifest.format)
+    ev = facts.get("eval") if isinstance(facts.get("eval"), dict) else {}
+    dataset = ev.get("dataset") or manifest.task
+    title = ev.get("name") or manifest.task
+    revision = manifest.data_revisions.get(dataset) or ev.get("revision")
     for lang in sorted(manifest.scores):
+        if lang.lower() in AGGREGATE_KEYS:
+            continue  # an average is no data set
         for metric, value in manifest.scores[lang].items():
             v = _value(value)
             if v is None:
                 continue
-            results.append(
-                {
-                    "task": {"type": task_type, "name": f"{manifest.task} ({manifest.format})"},
-                    "dataset": {"type": manifest.task, "name": f"{manifest.task} ({lang})", "config": lang},
-                    "metrics": [{"type": metric, "value": v, "name": f"{metric} ({lang})", "verified": False}],
-                }
-            )
+            shot = ", zero-shot" if zero_shot(manifest, lang) else ""
+            data = {"type": dataset, "name": f"{title} ({lang}{shot})", "config": (ev.get("configs") or {}).get(lang, lang)}
+            split = (ev.get("splits") or {}).get(lang)
+            if split:
+                data["split"] = split
+            if revision:
+                data["revision"] = revision
+            results.append({
+                "task": {"type": task_type, "name": f"{manifest.task} ({manifest.format})"},
+                "dataset": data,
+                "metrics": [{"type": metric, "value": v, "name": f"{metric} ({lang}{shot})", "verified": False}],
+            })
     if results:
         meta["model-index"] = [{"name": manifest.name, "results": results}]
-    datasets = [d for d in sorted(manifest.data_revisions) if _REPO_ID.match(d) and "/" in d]
-    if datasets:
-        meta["datasets"] = datasets
     return _clean_meta(meta)
 
 
@@ -278,6 +336,12 @@ def render_card(manifest: Manifest) -> str:
         ]
     body += ["", "## Provenance", "", *_provenance(m)]
     body += ["", "## Scores", "", *_scores_table(m)]
+    if any(zero_shot(m, lang) for lang in m.scores if lang.lower() not in AGGREGATE_KEYS):
+        body += ["", f"Scores on languages other than {_text(trained)} are zero-shot cross-lingual transfer: the "
+                 "module never saw training data in them."]
+    extra = [*_parts_section(m), *_licence_section(m)]
+    if extra:
+        body += ["", *extra[:-1]]
     body += [
         "",
         "## How to use",
@@ -309,12 +373,66 @@ def render_card(manifest: Manifest) -> str:
 EXPORT_FORMATS = {"lora": "peft", "ia3": "peft", "bottleneck": "adapters"}
 
 
+def _hub_link(repo: str, revision: str | None = None) -> str:
+    url = f"https://huggingface.co/{repo}" + (f"/tree/{revision}" if revision else "")
+    return f"[{_text(repo)}]({url})"
+
+
+def _parts_section(m: Manifest) -> list[str]:
+    """A composed module's intermediates, bottom first, linked to their repos where pushed."""
+    comp = m.composition or {}
+    refs = [str(r) for r in comp.get("modules") or []]
+    if not refs:
+        return []
+    known = {p.get("ref"): p for p in card_facts(m).get("parts") or [] if isinstance(p, dict)}
+    needs = comp.get("kind") in ("stack", "fuse", "merge")
+    lines = ["## Composed with", "",
+             (f"This module is the target of a {_span(comp.get('kind'))} composition and computes its task only "
+              "with these intermediate modules, loaded first, in this order:" if needs else
+              f"This module was trained as a {_span(comp.get('kind'))} from these intermediate modules (it needs "
+              "none of them to run):"), ""]
+    for i, ref in enumerate(refs, 1):
+        p = known.get(ref, {})
+        hub = p.get("hub") or {}
+        where = f" — {_hub_link(hub['repo_id'], hub.get('revision'))}" if hub.get("repo_id") else " — not on the Hub"
+        what = f" ({_text(p['task'])}, {_text(p['method'])})" if p.get("task") else ""
+        lines.append(f"{i}. {_span(ref)}{what}{where}")
+    if needs:
+        lines += ["", "`xtl registry pull` of this repo brings every part that is on the Hub and registers it under "
+                  "the name and version the composition names, then this module; `xtl predict` / `xtl eval` load "
+                  "them in the order above."]
+    return lines + [""]
+
+
+def _licence_section(m: Manifest) -> list[str]:
+    lic = card_facts(m).get("licenses")
+    if not isinstance(lic, dict) or not lic:
+        return []
+    rows = [f"- {_span(k)}: {_text(v) if v else 'licence unknown to adapters_xtl: check its page'}"
+            for k, v in lic.items()]
+    return ["## Licence", "", "The module derives from this data and backbone, under these licences:", "", *rows, ""]
+
+
+def _load_base(cls: str, base: str, m: Manifest, native: dict[str, Any]) -> list[str]:
+    labels = native.get("labels") or []
+    if cls in ("XLMRobertaForSequenceClassification", "XLMRobertaForTokenClassification") and labels:
+        return [f"labels = {json.dumps([str(x) for x in labels], ensure_ascii=False)}",
+                f"model = {cls}.from_pretrained(",
+                f"    {_py(base)}, num_labels=len(labels), id2label=dict(enumerate(labels)),",
+                "    label2id={label: i for i, label in enumerate(labels)})"]
+    if cls == "XLMRobertaModel":
+        return [f"model = XLMRobertaModel.from_pretrained({_py(base)}, add_pooling_layer=False)"]
+    return [f"model = {cls}.from_pretrained({_py(base)})"]
+
+
 def _library_usage(m: Manifest) -> list[str]:
     """How to load the module with adapters_xtl from the Hub, and with peft or adapters alone."""
     hub = m.hub or {}
     repo = hub.get("repo_id")
-    base = BASE_MODELS.get(m.backbone.model_id, m.backbone.model_id)
-    fmt = EXPORT_FORMATS.get(m.method)
+    hub_base = base_model(m.backbone.model_id)
+    base = hub_base or "path/to/backbone"
+    native = _native(m)
+    lib = native.get("library")
     lines: list[str] = []
     if repo:
         rev = hub.get("revision")
@@ -328,39 +446,77 @@ def _library_usage(m: Manifest) -> list[str]:
             "```",
             "",
         ]
-    if fmt is None:
-        return lines
-    folder = f"{m.name}-{fmt}"
-    head_note = (f"The task head, which {fmt} does not know, is in `xtl_head.safetensors` + `xtl_head.json`."
-                 if m.head else "This module has no task head.")
-    lines += [
-        f"### With {fmt} alone",
-        "",
-        f"{_span(f'xtl registry export {_sh(m.name)} --format {fmt} {_sh(folder)}')} writes a folder {fmt} loads "
-        "directly"
-        + (f"; this repo holds it in `{fmt}/`" if repo else "") + f". {head_note}",
-        "",
-        "```python",
-    ]
-    load_base = f"model = XLMRobertaModel.from_pretrained({_py(base)}, add_pooling_layer=False)"
-    if fmt == "peft":
-        lines += ["from peft import PeftModel", "from transformers import XLMRobertaModel", "", load_base]
-        where = f'{_py(repo)}, subfolder="peft"' if repo else _py(folder)
-        lines += [f"model = PeftModel.from_pretrained(model, {where})"]
+    if not lib:
+        why = native.get("why_not")
+        return lines + ([f"There is no peft / adapters export of this module: {_text(why)}.", ""] if why else [])
+    lines += [f"### With {lib} alone", ""]
+    if not hub_base:
+        lines += [f"The backbone was the local folder {_span(m.backbone.model_id)}, so this card has no `base_model`: "
+                  "load that folder where the snippet says `path/to/backbone`.", ""]
+    where = _py(repo) if repo else _py(f"{m.name}-{lib}")
+    cls = native.get("model_class") or "XLMRobertaModel"
+    if native.get("head_beside"):
+        lines += [f"The adapter loads with {lib}; the task head does not: {_text(native.get('why_not'))}. It is in "
+                  "`xtl_head.safetensors` (`xtl_head.json` says how it pools), applied with a few lines of torch:", ""]
+    elif native.get("head_in_library"):
+        lines += [f"The adapter and the task head load with {lib} alone and predict what `xtl predict` predicts "
+                  "(the same logits):", ""]
+    lines += ["```python"]
+    if lib == "peft":
+        lines += ["from peft import PeftModel", f"from transformers import AutoTokenizer, {cls}", ""]
+        lines += _load_base(cls, base, m, native)
+        lines += [f"model = PeftModel.from_pretrained(model, {where}).eval()",
+                  f"tokenizer = AutoTokenizer.from_pretrained({_py(base)})"]
     else:
-        lines += ["import adapters"]
-        if repo:
-            lines += ["from huggingface_hub import snapshot_download"]
-        lines += ["from transformers import XLMRobertaModel", "", load_base, "adapters.init(model)"]
-        if repo:
-            lines += [f'folder = snapshot_download({_py(repo)}, allow_patterns=["adapters/*"]) + "/adapters"']
+        if native.get("head_in_library"):
+            lines += ["from adapters import AutoAdapterModel", "from transformers import AutoTokenizer", "",
+                      f"model = AutoAdapterModel.from_pretrained({_py(base)})",
+                      f"name = model.load_adapter({where}, set_active=True)  # the head comes with it",
+                      "model.eval()"]
         else:
-            lines += [f"folder = {_py(folder)}"]
-        lines += ["name = model.load_adapter(folder, use_safetensors=True)", "model.set_active_adapters(name)"]
+            lines += ["import adapters", "from transformers import AutoTokenizer, XLMRobertaModel", "",
+                      f"model = XLMRobertaModel.from_pretrained({_py(base)}, add_pooling_layer=False)",
+                      "adapters.init(model)", f"name = model.load_adapter({where}, set_active=True)", "model.eval()"]
+        lines += [f"tokenizer = AutoTokenizer.from_pretrained({_py(base)})"]
+    if native.get("head_beside"):
+        lines += _head_snippet(m, repo)
     lines += ["```", ""]
+    folder = f"{m.name}-{lib}"
+    lines += [f"{_span(f'xtl registry export {_sh(m.name)} --format {lib} {_sh(folder)}')} writes the adapter for "
+              "the bare `XLMRobertaModel` into a local folder, with the task head beside it as `xtl_head.*`.", ""]
     if m.backbone.model_id == "xlmr-e5-small":
         lines += [f"({_span(base)} is the float original of the rounded backbone; see the note above.)", ""]
     return lines
+
+
+def _head_snippet(m: Manifest, repo: str | None) -> list[str]:
+    """Torch lines that apply our head to the adapted encoder's states, as `xtl predict` does."""
+    if repo:
+        get = ["from huggingface_hub import hf_hub_download", "from safetensors.torch import load_file", "",
+               f'head = load_file(hf_hub_download({_py(repo)}, "xtl_head.safetensors"))']
+    else:
+        get = ["from safetensors.torch import load_file", "",
+               f'head = load_file({_py(m.name + "-export/xtl_head.safetensors")})']
+    linear = "torch.nn.functional.linear"
+    if m.head.get("pooling", "mean") == "cls":
+        pool = ["        pooled = states[:, 0]"]
+    else:
+        pool = ['        mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)',
+                "        pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)"]
+    if m.format == "classification":
+        fn, args, out = "predict", "texts", [
+            f'        x = torch.tanh({linear}(pooled, head["dense.weight"], head["dense.bias"]))',
+            f'    return {linear}(x, head["out.weight"], head["out.bias"]).softmax(-1)  # labels: xtl_head.json']
+        call = 'batch = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")'
+    elif m.format == "multiple_choice":
+        fn, args, out = "choose", "context, choices", [
+            f'    return {linear}(pooled, head["out.weight"], head["out.bias"])[:, 0].softmax(-1)']
+        call = ('batch = tokenizer([context] * len(choices), choices, padding=True, truncation=True, '
+                'return_tensors="pt")')
+    else:
+        return ["", "# the head and how it reads the states: xtl_head.safetensors + xtl_head.json"]
+    return ["", "import torch", *get, "", "", f"def {fn}({args}):", f"    {call}", "    with torch.no_grad():",
+            "        states = model(**batch).last_hidden_state", *pool, *out]
 
 
 def parse_front_matter(text: str) -> dict[str, Any]:

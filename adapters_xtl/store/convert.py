@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 _ADAPTER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
 
-__all__ = ["default_base_model", "export_module", "import_folder"]
+__all__ = ["default_base_model", "export_module", "head_files", "import_folder", "save_safetensors"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,7 +81,7 @@ def _atomic_dir(out_dir: Path, overwrite: bool):
     return out_dir, tmp, commit
 
 
-def _save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     write_weights(path, {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
                   metadata={"format": "pt", **(metadata or {})})
 
@@ -222,10 +222,10 @@ def default_base_model(manifest) -> str:
     return BASE_MODELS.get(manifest.backbone.model_id, manifest.backbone.model_id)
 
 
-def _head_files(manifest, head: dict[str, torch.Tensor], tmp: Path) -> None:
+def head_files(manifest, head: dict[str, torch.Tensor], tmp: Path) -> None:
     if not head:
         return
-    _save_safetensors(tmp / HEAD_WEIGHTS, head, {"adapters_xtl.name": manifest.name})
+    save_safetensors(tmp / HEAD_WEIGHTS, head, {"adapters_xtl.name": manifest.name})
     info = {
         "library": "adapters_xtl",
         "schema_version": 1,
@@ -279,7 +279,7 @@ def export_module(
         if fmt == "peft":
             cfg = peft_config(manifest.method_config, base, method=manifest.method)
             cfg.save_pretrained(str(tmp))
-            _save_safetensors(tmp / PEFT_WEIGHTS, peft_tensors(module))
+            save_safetensors(tmp / PEFT_WEIGHTS, peft_tensors(module))
         else:
             import adapters
 
@@ -302,9 +302,9 @@ def export_module(
                 "version": f"adapters.{adapters.__version__}",
             }
             atomic_write_json(tmp / CONFIG, config, indent=2, sort_keys=True)
-            _save_safetensors(tmp / ADAPTERS_WEIGHTS, weights)
+            save_safetensors(tmp / ADAPTERS_WEIGHTS, weights)
             torch.save({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / ADAPTERS_WEIGHTS_BIN))
-        _head_files(manifest, head, tmp)
+        head_files(manifest, head, tmp)
         return commit()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

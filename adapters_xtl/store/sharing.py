@@ -29,10 +29,12 @@ from pathlib import Path
 from ..errors import XtlError
 from . import hub
 from . import interop
-from .card import GENERATED_MARKER, render_card
-from .convert import export_module, import_folder
+from .card import GENERATED_MARKER, base_model, render_card
+from .cardfacts import card_facts
+from .convert import import_folder
 from .layout import README, WEIGHTS, check_file_name, check_name, check_version, sha256_file
 from .manifest import MANIFEST, Manifest, read_manifest
+from .native import plan, write_root
 from .registry import Registry
 
 log = logging.getLogger(__name__)
@@ -58,14 +60,21 @@ def push(
     local manifest records `hub: {repo_id, revision}` with the commit that was made. `repo_id`
     defaults to `<your user>/<name>`; `private` applies when the repo is created.
     """
-    m, _ = registry.load(name, version)  # verifies every file (and fetches a stub's)
+    m, tensors = registry.load(name, version)  # verifies every file (and fetches a stub's)
     vdir = registry.path(m.name, m.version)
     if repo_id is None:
         repo_id = f"{hub.user_name(token=token, endpoint=endpoint)}/{m.name}"
     repo_id = hub.check_repo_id(repo_id)
+    base = base_model(m.backbone.model_id)
+    if base is None:
+        log.warning("backbone %r is not a Hub model id: the card of %s has no base_model (the Hub will not link "
+                    "the module to its backbone; train on a Hub backbone id to get one)", m.backbone.model_id, repo_id)
+    native = plan(m, tensors)
+    facts = card_facts(registry, m, native.to_dict())
     stage = Path(tempfile.mkdtemp(prefix="xtl-push-"))
     try:
         up = m.model_copy(deep=True, update={"hub": {"repo_id": repo_id}})
+        up.__pydantic_extra__["card"] = facts  # what the Hub card says (datasets, licence, how to load)
         files = dict(up.files)
         for fn, digest in m.files.items():
             if fn == README:
@@ -81,9 +90,8 @@ def push(
         files[README] = sha256_file(stage / README)
         up = up.model_copy(update={"files": files})
         (stage / MANIFEST).write_text(up.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        fmt = interop.FORMAT_OF_METHOD.get(m.method)
-        if exports and fmt:
-            export_module(registry, m.name, stage / fmt, fmt=fmt, version=m.version)
+        if exports:
+            write_root(m, tensors, stage, base_model=base)
         sha = hub.upload_folder(
             repo_id, stage, private=private, token=token, endpoint=endpoint,
             commit_message=commit_message or f"adapters_xtl: {m.name} version {m.version} ({m.task}, {m.method})",
