@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import XtlError
-from .readers import read_utf8, text_lines
+from .io import read_utf8
+from .readers import text_lines
 from .tasks import Source, TaskSpec, default_data_dir
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))

@@ -31,6 +31,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .errors import XtlError
+
 TMP_PREFIX = ".tmp-"
 
 __all__ = ["TMP_PREFIX", "LockHeld", "append_jsonl", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
@@ -235,3 +237,18 @@ def exclusive_lock(path: str | Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def read_utf8(path: str | Path, what: str | None = None) -> str:
+    """A text file's content (a UTF-8 BOM dropped); bytes that are not UTF-8 are an error naming the
+    file, the byte offset and the line, instead of a UnicodeDecodeError traceback or, under another
+    locale, mojibake. `what` names the file's role in the message ("task file")."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        offset = e.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
+        line = data.count(b"\n", 0, offset) + 1
+        raise XtlError(f"{what + ' is ' if what else ''}not UTF-8: byte {offset} (line {line}) is "
+                       f"{data[offset:offset + 1]!r}", where=str(path),
+                       fix="convert the file to UTF-8 (e.g. `iconv -f latin1 -t utf-8 IN > OUT`)") from None

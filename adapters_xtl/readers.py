@@ -34,23 +34,11 @@ import re
 from pathlib import Path
 
 from .errors import XtlError
+from .io import read_utf8
 
 CONLLU_COLUMNS = 10  # ID FORM LEMMA UPOS XPOS FEATS HEAD DEPREL DEPS MISC
 _HASH_TOKEN = re.compile(r"#\t[^\t]+$")  # a two-column IOB2 line whose token is `#`
 _TAG = re.compile(r"(O|[BIESL]-\S+)$")  # what an IOB2/IOBES tag looks like
-
-
-def read_utf8(path: Path) -> str:
-    """A data file's text (a UTF-8 BOM is dropped); bytes that are not UTF-8 are an error naming
-    the file, the byte offset and the line, not a UnicodeDecodeError traceback."""
-    data = Path(path).read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        offset = e.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
-        line = data.count(b"\n", 0, offset) + 1
-        raise XtlError(f"not UTF-8: byte {offset} (line {line}) is {data[offset:offset + 1]!r}", where=str(path),
-                       fix="convert the file to UTF-8 (e.g. `iconv -f latin1 -t utf-8 IN > OUT`)") from None
 
 
 def text_lines(path: Path):

@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import XtlError, did_you_mean
+from ..io import read_utf8
 from .defaults import TaskDefaults, defaults_error
 
 FORMATS = ("classification", "retrieval", "tagging", "span_qa", "multiple_choice")
@@ -276,19 +277,6 @@ class TaskSpec(BaseModel):
                 fix=did_you_mean(lang, self.languages),
             )
         return self.languages[lang]
-
-
-def read_utf8(path: Path, what: str = "file") -> str:
-    """A text file's content; a file that is not UTF-8 is an error naming the byte offset and
-    line (instead of a UnicodeDecodeError traceback, or mojibake under another locale)."""
-    data = Path(path).read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        offset = e.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
-        line = data.count(b"\n", 0, offset) + 1
-        raise XtlError(f"{what} is not UTF-8: byte {offset} (line {line}) is {data[offset:offset + 1]!r}",
-                       where=str(path), fix="save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from None
 
 
 def read_labels_file(path: Path | None) -> list[str] | None:
