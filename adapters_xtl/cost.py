@@ -120,29 +120,37 @@ def trainable_points(method: str, method_config: dict | None = None) -> set[str]
     if method == "lora":
         from .methods.lora import LoraSettings
 
-        targets = cfg.get("target_modules", LoraSettings().target_modules)
-        pts: set[str] = set()
-        for t in targets:
-            t = t.strip(".")
-            if t.endswith("query"):
-                pts.add("query")
-            elif t.endswith("key"):
-                pts.add("key")
-            elif t.endswith("value"):
-                pts.add("value")
-            elif t.endswith("attention.output.dense"):
-                pts.add("attn_out")
-            elif t.endswith("intermediate.dense"):
-                pts.add("ffn_in")
-            elif t.endswith("output.dense"):
-                pts |= {"attn_out", "ffn_out"}
-            elif t.endswith("dense"):
-                pts |= {"attn_out", "ffn_in", "ffn_out"}
-        return pts
+        return _target_points(cfg.get("target_modules", LoraSettings().target_modules))
+    if method == "ia3":  # learned vectors scaling the outputs of its targets (inputs, for feed-forward ones)
+        from .methods.ia3 import IA3Settings
+
+        return _target_points(cfg.get("target_modules", IA3Settings().target_modules))
     if method == "bottleneck":
         # seq_bn (Pfeiffer): one adapter after the FFN output; double_seq_bn (Houlsby): also after attention
         return {"attn_out", "ffn_out"} if cfg.get("variant") == "double_seq_bn" else {"ffn_out"}
     return set(POINTS)  # unknown method: assume every site (upper bound)
+
+
+def _target_points(targets) -> set[str]:
+    """peft target module names (suffix-matched, as peft does) -> the layer sites they touch."""
+    pts: set[str] = set()
+    for t in targets:
+        t = t.strip(".")
+        if t.endswith("query"):
+            pts.add("query")
+        elif t.endswith("key"):
+            pts.add("key")
+        elif t.endswith("value"):
+            pts.add("value")
+        elif t.endswith("attention.output.dense"):
+            pts.add("attn_out")
+        elif t.endswith("intermediate.dense"):
+            pts.add("ffn_in")
+        elif t.endswith("output.dense"):
+            pts |= {"attn_out", "ffn_out"}
+        elif t.endswith("dense"):
+            pts |= {"attn_out", "ffn_in", "ffn_out"}
+    return pts
 
 
 def _layer_backward(H: int, F: int, B: int, S: int, points: set[str], x_needs_grad: bool) -> tuple[float, float, bool]:
