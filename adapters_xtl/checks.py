@@ -115,6 +115,15 @@ def quantization(value: str, where: str) -> None:
         raise XtlError(f"unknown quantization {value!r}", where=where, fix=did_you_mean(str(value), QUANTIZATIONS))
 
 
+def embeddings(value: str, where: str) -> None:
+    """A word-embeddings mode (compress.EMBEDDING_MODES)."""
+    from .compress import EMBEDDING_MODES
+    from .errors import did_you_mean
+
+    if value not in EMBEDDING_MODES:
+        raise XtlError(f"unknown embeddings mode {value!r}", where=where, fix=did_you_mean(str(value), EMBEDDING_MODES))
+
+
 def backbone(name: str, where: str) -> None:
     """A backbone that can be loaded: a known name, a folder with a config.json, or a Hub id.
     Known names are not resolved (that would build xlmr-e5-small)."""

@@ -478,3 +478,78 @@ def apply_embeddings(backbone: Backbone, mode: str = "full", texts_or_token_ids=
     if bits:
         quantize_embeddings(bb, bits)
     return bb
+
+
+# ------------------------------------------------------------------ a backbone option in train/run
+def _strings(value) -> list[str]:
+    if isinstance(value, str):
+        return [value] if value else []
+    if isinstance(value, (list, tuple)):
+        if value and all(isinstance(v, str) for v in value):
+            return [" ".join(value)]  # pre-split words (tagging): their pieces as one sentence's
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def task_texts(tasks: Iterable[tuple[Any, Iterable[str] | None]], data_dir=None) -> list[str]:
+    """Every text a run touches, for `embeddings: trimmed`: each (task spec, languages) pair's
+    English train and validation data and the evaluation split of each language (None: all of
+    the task's). Labels and ids are not text; lists of words count as one sentence."""
+    from .data import load_examples
+
+    texts: list[str] = []
+    for spec, languages in tasks:
+        wanted = [(s, spec.train_language) for s in ("train", "validation") if s in spec.splits]
+        wanted += [(spec.eval_split, lang) for lang in (languages or list(spec.languages))]
+        for split, lang in dict.fromkeys(wanted):
+            for ex in load_examples(spec, split, lang, data_dir):
+                for key, value in ex.items():
+                    if key not in ("id", "label", "labels", "tags", "answers", "answer"):
+                        texts.extend(_strings(value))
+    return texts
+
+
+def load_compressed(name: str = "xlmr-e5-small", quantization: str = "none", device: str | None = None, *,
+                    embeddings: str = "full", texts=None, precision: str | None = None,
+                    warn: bool = True) -> Backbone:
+    """`load_backbone` plus an embeddings mode (`full | trimmed | 8bit | 4bit | trimmed+8bit |
+    trimmed+4bit`): the one call train/run use for a backbone. `texts` (a list, or a callable
+    returning one, called only when trimming) are the texts to keep. A configuration that costs
+    time and saves no memory on this device is said once, as a `UserWarning` (`cost_notes`;
+    `warn=False`: the caller prints them itself)."""
+    import warnings
+
+    from .backbone import load_backbone, pick_device
+
+    trim, _ = parse_embeddings_mode(embeddings)
+    for note in cost_notes(pick_device(device), quantization, embeddings, precision) if warn else ():
+        warnings.warn(note, UserWarning, stacklevel=2)
+    bb = load_backbone(name, quantization, device)
+    if embeddings == "full":
+        return bb
+    return apply_embeddings(bb, embeddings, (texts() if callable(texts) else texts) if trim else None)
+
+
+def cost_notes(device: torch.device, quantization: str = "none", embeddings: str = "full",
+               precision: str | None = None) -> list[str]:
+    """What a configuration costs for nothing on this device, one line each (measured on a
+    2-core CPU, docs/benchmarks.md): a quantized backbone on CPU dequantizes every Linear on
+    every step and keeps the fp32 word embeddings (81% of xlmr-e5-small, 46% of XLM-R large),
+    so without compressed embeddings it is slower and saves no memory; bf16 on a CPU without
+    native bf16 is emulated (slower, no memory saved)."""
+    from .speed import cpu_has_fast_bf16
+
+    notes = []
+    trim, bits = parse_embeddings_mode(embeddings)
+    if device.type == "cpu" and quantization != "none" and not trim and not bits:
+        notes.append(f"quantization {quantization} on CPU with full fp32 embeddings: every step dequantizes the "
+                     "Linear weights (slower: 4-bit measured 0.79x the fp32 speed) and the word embeddings, most of "
+                     "the backbone's memory, stay fp32, so peak memory does not go down; add embeddings "
+                     "trimmed+4bit (--embeddings trimmed+4bit), or train without quantization")
+    if device.type == "cpu" and quantization == "8bit":
+        notes.append("quantization 8bit on CPU: LLM.int8 has no fast CPU kernel (several times slower than fp32); "
+                     "use 4bit with embeddings trimmed+4bit, or none")
+    if device.type == "cpu" and precision == "bf16" and not cpu_has_fast_bf16():
+        notes.append("precision bf16 on a CPU without AVX512-BF16/AMX: bf16 is emulated (slower than fp32) and saves "
+                     "no memory; use precision auto or fp32")
+    return notes

@@ -96,6 +96,9 @@ class Recipe(BaseModel):
     description: str = ""
     backbone: str = "xlmr-e5-small"
     quantization: str = "none"
+    # word embeddings of the backbone (compress.load_compressed): full | trimmed | 8bit | 4bit |
+    # trimmed+8bit | trimmed+4bit; with 4-bit on CPU only compressed embeddings lower peak memory
+    embeddings: str = "full"
     method: str = "lora"
     method_config: dict[str, Any] = Field(default_factory=dict)
     data_dir: str | None = None
@@ -120,6 +123,15 @@ class Recipe(BaseModel):
 
         if v not in QUANTIZATIONS:
             raise ValueError(f"unknown quantization {v!r}; {did_you_mean(str(v), QUANTIZATIONS)}")
+        return v
+
+    @field_validator("embeddings")
+    @classmethod
+    def _embeddings(cls, v):
+        from .compress import EMBEDDING_MODES
+
+        if v not in EMBEDDING_MODES:
+            raise ValueError(f"unknown embeddings mode {v!r}; {did_you_mean(str(v), EMBEDDING_MODES)}")
         return v
 
     def catalog(self):

@@ -29,6 +29,7 @@ from .formats.base import length_bucketed_batches, padding_waste, to_device
 from .io import LockHeld, exclusive_lock
 from .store.manifest import config_hash
 from .progress import emit
+from .speed import autocast, dropout_overrides, to_fp32
 
 
 # what each setting must be, said the way a fix reads ("set lr to ...")
@@ -49,6 +50,9 @@ _FIELD_RULES = {
     "checkpoint_every": "an integer >= 1, or leave it out (then every eval_every steps)",
     "gradient_checkpointing": "true or false",
     "optimizer": "one of adamw, adamw8bit, paged_adamw8bit",
+    "precision": "one of fp32, bf16, auto (bf16 where the CPU/GPU multiplies bf16 natively)",
+    "backbone_dropout": "a number from 0 to 1 (below 1), or leave it out for the backbone's own (0.1 in XLM-R)",
+    "module_dropout": "a number from 0 to 1 (below 1), or leave it out for the method's own setting",
 }
 _POS = dict(allow_inf_nan=False)
 
@@ -76,6 +80,12 @@ class TrainConfig(BaseModel):
     checkpoint_every: int | None = Field(None, ge=1)  # default: every eval
     gradient_checkpointing: bool = False  # recompute activations: less memory, ~30% more time
     optimizer: Literal["adamw", "adamw8bit", "paged_adamw8bit"] = "adamw"  # 8-bit/paged: bitsandbytes
+    # bf16 autocast (speed.py): loss, gradients and optimizer state stay fp32
+    precision: Literal["fp32", "bf16", "auto"] = "auto"
+    # dropout of the frozen backbone / of the trained module while training (None: as built);
+    # 0 draws no masks (speed.py); defaults from the measurements in docs/benchmarks.md
+    backbone_dropout: float | None = Field(None, ge=0, lt=1, **_POS)
+    module_dropout: float | None = Field(None, ge=0, lt=1, **_POS)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -306,7 +316,6 @@ def _train(model, trainable, train_features, dev_features, dev_examples, cfg, *,
     model.train()
     t0 = time.perf_counter()
     emit(progress, "start", description, start, cfg.steps)
-    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     def _run_steps() -> None:
         nonlocal since_log, running, aside, tokens
         for step in range(start, cfg.steps):
@@ -315,9 +324,9 @@ def _train(model, trainable, train_features, dev_features, dev_examples, cfg, *,
                 b = batches_of(idx // n_batches)[idx % n_batches]
                 tokens += sum(lengths[i] for i in b)
                 batch = to_device(fmt.collate([train_features[i] for i in b], model.pad_id), device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                with autocast(cfg.precision, device):
                     out = model(batch)
-                loss = fmt.loss(out, batch) / cfg.grad_accum
+                loss = fmt.loss(to_fp32(out), batch) / cfg.grad_accum  # the loss in fp32
                 loss.backward()
                 running += loss.detach()
             if cfg.max_grad_norm:
@@ -345,12 +354,11 @@ def _train(model, trainable, train_features, dev_features, dev_examples, cfg, *,
             if on_step is not None:
                 on_step(done)  # hooks: grid progress, and tests that simulate a crash
 
-    checkpointing = gradient_checkpointing(model.backbone, cfg.gradient_checkpointing)
-    checkpointing.__enter__()
-    try:
+    with ExitStack() as during:  # the shared backbone goes back to how it was, also on error
+        during.enter_context(gradient_checkpointing(model.backbone, cfg.gradient_checkpointing))
+        during.enter_context(dropout_overrides(model.backbone.model, backbone=cfg.backbone_dropout,
+                                               module=cfg.module_dropout))
         _run_steps()
-    finally:
-        checkpointing.__exit__(None, None, None)
 
     emit(progress, "end", description, cfg.steps, cfg.steps)
     if best_state is not None:

@@ -122,7 +122,8 @@ def test_bench_cli_one_tiny_config_end_to_end(tiny64, tmp_path):
     assert r["samples_per_s"] == pytest.approx(2 / r["step_s"])
     assert r["real_tokens_per_step"] == 2 * 16
     assert r["tokens_per_s"] == pytest.approx(32 / r["step_s"])
-    assert r["peak_flops"] == meta["peak"]["flops"]
+    # MFU against the peak of the dtype the step ran in (the trainer's default precision, auto)
+    assert r["peak_flops"] == (meta["peak_bf16"]["flops"] if r["compute_dtype"] == "bf16" else meta["peak"]["flops"])
     assert r["achieved_flops"] == pytest.approx(r["flops_per_step"] / r["step_s"])
     assert 0 < r["mfu"] < 1
     assert r["peak_mem_bytes"] >= r["mem_after_load_bytes"] > 0
@@ -161,7 +162,27 @@ def test_presets_and_grid_expansion():
     assert mem[0].label == "baseline" and mem[0].shape == "large" and (mem[0].batch, mem[0].seq) == (32, 128)
     assert {c.label for c in mem} >= {"gradient checkpointing", "8-bit AdamW", "trimmed vocabulary", "4-bit backbone"}
     assert mem[-1].optimizer == "adamw8bit" and mem[-1].grad_ckpt and mem[-1].quant == "4bit"
-    assert [c.attn for c in B.speed_configs(cpu)] == ["sdpa", "eager", "sdpa"]
+    speed = B.speed_configs(cpu)
+    assert [c.attn for c in speed][-2:] == ["eager", "sdpa"] and speed[-1].compile
+    old = next(c for c in speed if c.label.startswith("fp32, dropout as built"))
+    assert (old.precision, old.backbone_dropout, old.module_dropout) == ("fp32", None, None)
+    assert {(c.precision, c.backbone_dropout, c.module_dropout) for c in speed} >= {
+        ("bf16", None, None), ("fp32", 0.0, None), ("fp32", None, 0.0), ("fp32", 0.0, 0.0), ("bf16", 0.0, 0.0)}
+    steps = B.expand_grid(shapes=["e5-small"], methods=["lora"], quant=["none"], seq=[128], batch=4, steps=1,
+                          precision=["fp32", "bf16"], backbone_dropout=[None, 0.0], module_dropout=[0.0])
+    assert len({c.key() for c in steps}) == 4 and all("moddrop:0" in c.key() or c.module_dropout is None for c in steps)
+    with pytest.raises(XtlError, match="unknown precision"):
+        B.expand_grid(shapes=["e5-small"], methods=["lora"], quant=["none"], seq=[128], batch=4, steps=1,
+                      precision=["fp8"])
+    gpu = B.gpu_configs(torch.device("cuda"))
+    large = [c for c in gpu if c.shape == "large"]
+    assert all((c.batch, c.seq, c.method) == (32, 128, "lora") for c in large)
+    assert any(c.quant == "4bit" and c.grad_ckpt and c.embeddings == "trimmed+4bit" for c in large)
+    grid5 = [c for c in gpu if c.shape == "e5-small"]
+    assert grid5 or all(c.shape == "small" for c in gpu[6:])
+    grid5 = grid5 or gpu[6:]
+    assert {(c.method, c.quant, c.seq) for c in grid5} == {(m, q, s) for m in ("lora", "bottleneck")
+                                                          for q in ("none", "4bit") for s in (128, 256)}
     grid = B.expand_grid(shapes=["e5-small", "base"], methods=["lora", "bottleneck"], quant=["none", "4bit"],
                          seq=[128, 256], batch=4, steps=1)
     assert len(grid) == 16 and len({c.key() for c in grid}) == 16
@@ -258,3 +279,38 @@ def test_plain_shape_configurations_price_the_planner(tmp_path, monkeypatch):
                        device="cpu", task="xnli", batch_size=32, flops_per_step=2 * row["flops_per_step"],
                        guess_flops_per_s=1.0)
     assert cost.source == "flops" and cost.seconds == 4.0
+
+
+def test_bf16_rows_use_the_bf16_peak_and_dropout_is_set(tiny64):
+    cfgs = [B.BenchConfig(shape=str(tiny64), seq=16, batch=2, steps=1, device="cpu", precision=p,
+                          backbone_dropout=0.0, module_dropout=0.0) for p in ("fp32", "bf16")]
+    fp32, bf16 = B.run_configs(cfgs, peak_flops=1e11, peak_flops_bf16=3e11, isolated=False)
+    assert fp32["status"] == bf16["status"] == "ok"
+    assert (fp32["compute_dtype"], fp32["peak_flops"]) == ("fp32", 1e11)
+    assert (bf16["compute_dtype"], bf16["peak_flops"], bf16["peak_dtype"]) == ("bf16", 3e11, "bf16")
+    assert bf16["mfu"] == pytest.approx(bf16["achieved_flops"] / 3e11)
+    assert bf16["key"].endswith("/bf16/bbdrop:0/moddrop:0")
+
+
+def test_gpu_section_runs_on_cpu_with_tiny_shapes(tiny64, tmp_path):
+    """`xtl bench --gpu` is prepared without a GPU: every row runs on a tiny shape, JSON written."""
+    import typer
+    from typer.testing import CliRunner
+
+    from adapters_xtl.cli.bench import bench
+
+    app = typer.Typer()
+    app.command()(bench)
+    app.command("noop")(lambda: None)
+    out = tmp_path / "gpu.json"
+    res = CliRunner().invoke(app, ["bench", "--gpu", "--shapes", f"{tiny64},{tiny64}", "--seq", "16", "--batch", "2",
+                                   "--steps", "1", "--warmup", "0", "--in-process", "--peak-flops", "1e11",
+                                   "--json", str(out), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert "grid" not in data and len(data["gpu"]) == 14
+    assert all(r["status"] == "ok" for r in data["gpu"]), [r["status"] for r in data["gpu"]]
+    assert all(r["peak_mem_bytes"] > 0 and r["mfu"] > 0 for r in data["gpu"])
+    small = next(r for r in data["gpu"] if r["embeddings"] == "trimmed+4bit")
+    assert small["quant"] == "4bit" and small["grad_ckpt"] and small["dims"]["vocab"] < small["dims"]["full_vocab"]
+    assert "not the GPU's" in res.output

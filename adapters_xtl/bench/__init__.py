@@ -11,6 +11,8 @@
   and MFU, peak memory, trainable parameters, module size on disk), in its own subprocess
   (`run_isolated`, `python -m adapters_xtl.bench --worker`), over a list (`run_configs`), and
   plain rows logged for the dry-run (`remember_throughput`).
+- `gpu.py`: issue 18's GPU rows (`gpu_configs`, `xtl bench --gpu`): XLM-R large + LoRA in bf16
+  with 4-bit, checkpointing and compressed embeddings, and the e5-small grid.
 - `attach.py`: the one chain that puts a fresh module and head on a backbone for measuring.
 - `memory.py`: peak memory of a window (CUDA max allocated, CPU peak RSS).
 - `reports.py`: padding waste of bucketed vs random batches; cost of compressed embeddings.
@@ -21,7 +23,8 @@ FLOP counts, the matmul peak (the denominator of MFU) and grid projections are t
 cost model, `adapters_xtl/cost.py`; see docs/benchmarks.md for the formula.
 """
 
-from .config import BenchConfig, default_axes, expand_grid, memory_configs, speed_configs
+from .config import BenchConfig, bf16_rows_possible, default_axes, expand_grid, memory_configs, speed_configs
+from .gpu import gpu_configs
 from .memory import MemoryMeter, peak_rss_bytes, release_memory, reset_peak_rss, rss_bytes
 from .output import SCHEMA_VERSION, bench_meta, write_json
 from .peer import peer_compare
@@ -31,7 +34,7 @@ from .shapes import (RANDOM_SHAPES, REAL_SHAPES, SHAPE_BACKBONES, SHAPES, demo_t
                      shape_source)
 
 __all__ = [
-    "BenchConfig", "default_axes", "expand_grid", "memory_configs", "speed_configs",
+    "BenchConfig", "bf16_rows_possible", "default_axes", "expand_grid", "memory_configs", "speed_configs", "gpu_configs",
     "MemoryMeter", "peak_rss_bytes", "release_memory", "reset_peak_rss", "rss_bytes",
     "SCHEMA_VERSION", "bench_meta", "write_json",
     "peer_compare", "embedding_report", "padding_report",

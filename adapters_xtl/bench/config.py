@@ -12,6 +12,9 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from ..errors import XtlError, did_you_mean
+from ..trainer import TrainConfig
+
+_TRAIN_DEFAULTS = {k: TrainConfig.model_fields[k].default for k in ("precision", "backbone_dropout", "module_dropout")}
 
 
 class BenchConfig(BaseModel):
@@ -31,11 +34,17 @@ class BenchConfig(BaseModel):
     embeddings: str = "full"
     attn: str = "sdpa"
     compile: bool = False
+    # as the trainer trains by default (TrainConfig): precision fp32 | bf16 | auto (speed.py);
+    # dropout of the frozen backbone / the module while training, None = as built
+    precision: str = _TRAIN_DEFAULTS["precision"]
+    backbone_dropout: float | None = _TRAIN_DEFAULTS["backbone_dropout"]
+    module_dropout: float | None = _TRAIN_DEFAULTS["module_dropout"]
     method_config: dict[str, Any] = {}
     device: str | None = None
     seed: int = 0
     label: str = ""  # preset rows: which measure this row shows
     peak_flops: float | None = None  # filled by the parent from measure_peak_flops
+    peak_flops_bf16: float | None = None  # CPU: the bf16 matmul peak, the MFU denominator of bf16 rows
     trim_texts: list[str] | None = None  # trimming corpus; None = the demo data (7 languages)
 
     def key(self) -> str:
@@ -46,6 +55,12 @@ class BenchConfig(BaseModel):
             extras.append(f"emb:{self.embeddings}")
         if self.attn != "sdpa":
             extras.append(f"attn:{self.attn}")
+        if self.precision != _TRAIN_DEFAULTS["precision"]:
+            extras.append(self.precision)
+        for name, short in (("backbone_dropout", "bbdrop"), ("module_dropout", "moddrop")):
+            v = getattr(self, name)
+            if v != _TRAIN_DEFAULTS[name]:
+                extras.append(f"{short}:{'built' if v is None else format(v, 'g')}")
         return "/".join([self.shape, self.method, self.quant, f"b{self.batch}xs{self.seq}"] + extras)
 
 
@@ -60,7 +75,9 @@ def default_axes(device: torch.device) -> dict:
 def expand_grid(*, shapes: list[str], methods: list[str], quant: list[str], seq: list[int], batch: int, steps: int,
                 warmup: int = 1, grad_ckpt: list[bool] = (False,), optimizer: list[str] = ("adamw",),
                 embeddings: list[str] = ("full",), attn: list[str] = ("sdpa",), compile: list[bool] = (False,),
-                device: str | None = None, method_config: dict | None = None) -> list[BenchConfig]:
+                device: str | None = None, method_config: dict | None = None, precision: list[str] | None = None,
+                backbone_dropout: list[float | None] | None = None,
+                module_dropout: list[float | None] | None = None) -> list[BenchConfig]:
     from ..backbone import QUANTIZATIONS
     from ..compress import OPTIMIZERS, parse_embeddings_mode
     from ..methods import method_names
@@ -76,6 +93,15 @@ def expand_grid(*, shapes: list[str], methods: list[str], quant: list[str], seq:
             raise XtlError(f"unknown optimizer {o!r}", where="--optimizer", fix=did_you_mean(o, OPTIMIZERS))
     for e in embeddings:
         parse_embeddings_mode(e)
+    from ..speed import PRECISIONS
+
+    for pr in precision or []:
+        if pr not in PRECISIONS:
+            raise XtlError(f"unknown precision {pr!r}", where="--precision", fix=did_you_mean(pr, PRECISIONS))
+    step_axes = [dict(precision=pr, backbone_dropout=bd, module_dropout=md)
+                 for pr in (precision or [_TRAIN_DEFAULTS["precision"]])
+                 for bd in (backbone_dropout or [_TRAIN_DEFAULTS["backbone_dropout"]])
+                 for md in (module_dropout or [_TRAIN_DEFAULTS["module_dropout"]])]
     out = []
     for sh in shapes:
         for m in methods:
@@ -86,10 +112,11 @@ def expand_grid(*, shapes: list[str], methods: list[str], quant: list[str], seq:
                             for e in embeddings:
                                 for a in attn:
                                     for c in compile:
-                                        out.append(BenchConfig(shape=sh, method=m, quant=q, seq=s, batch=batch, steps=steps,
-                                                               warmup=warmup, grad_ckpt=gc, optimizer=o, embeddings=e,
-                                                               attn=a, compile=c, device=device,
-                                                               method_config=method_config or {}))
+                                        for st in step_axes:
+                                            out.append(BenchConfig(shape=sh, method=m, quant=q, seq=s, batch=batch,
+                                                                   steps=steps, warmup=warmup, grad_ckpt=gc, optimizer=o,
+                                                                   embeddings=e, attn=a, compile=c, device=device,
+                                                                   method_config=method_config or {}, **st))
     return out
 
 
@@ -117,7 +144,23 @@ def memory_configs(device: torch.device, *, shape: str = "large", method: str = 
 
 def speed_configs(device: torch.device, *, shape: str = "e5-small", method: str = "lora", batch: int = 16, seq: int = 128,
                   steps: int = 3, warmup: int = 2) -> list[BenchConfig]:
-    """SDPA (what load_backbone gets by default) vs eager attention, and torch.compile."""
+    """The trainer's defaults, then each step measure alone against the old step (fp32, dropout
+    as built): bf16 autocast, no backbone dropout, no module dropout, both; eager attention and
+    torch.compile against the default."""
     base = dict(shape=shape, method=method, batch=batch, seq=seq, steps=steps, warmup=warmup, device=str(device))
-    rows = [("sdpa (default)", {}), ("eager attention", {"attn": "eager"}), ("sdpa + torch.compile", {"compile": True})]
+    old = {"precision": "fp32", "backbone_dropout": None, "module_dropout": None}
+    rows = [("trainer defaults", {}),
+            ("fp32, dropout as built (before issue 18)", old),
+            ("bf16 autocast, dropout as built", {**old, "precision": "bf16"}),
+            ("fp32, no backbone dropout", {**old, "backbone_dropout": 0.0}),
+            ("fp32, no module dropout", {**old, "module_dropout": 0.0}),
+            ("fp32, no dropout", {**old, "backbone_dropout": 0.0, "module_dropout": 0.0}),
+            ("bf16, no dropout", {**old, "precision": "bf16", "backbone_dropout": 0.0, "module_dropout": 0.0}),
+            ("eager attention", {"attn": "eager"}),
+            ("sdpa + torch.compile", {"compile": True})]
     return [BenchConfig(**base, **over, label=label) for label, over in rows]
+
+
+def bf16_rows_possible(precisions: list[str] | None, presets: bool) -> bool:
+    """Whether a run may have bf16 rows (then the CPU's bf16 matmul peak is measured too)."""
+    return presets or any(p != "fp32" for p in (precisions or [_TRAIN_DEFAULTS["precision"]]))

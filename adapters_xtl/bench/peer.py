@@ -38,15 +38,18 @@ def _peer_imports() -> None:
 def peer_compare(backbone: str = "xlmr-e5-small", *, steps: int = 30, batch: int = 16, lr: float = 2e-3, seed: int = 42,
                  device: str | None = None, r: int = 8, alpha: int = 16, dropout: float = 0.1,
                  progress: Callable[[str], None] | None = None, task: str = "demo-topic",
-                 data_dir: Path | None = None) -> dict:
+                 data_dir: Path | None = None, embeddings: str = "full") -> dict:
     """The same LoRA training (backbone, demo-topic data, batch, max length, lr, steps, LoRA r/alpha/
     dropout/targets) through our trainer and through a plain peft + transformers `Trainer` script,
     in this process, one after the other. Throughput is timed from the end of the first step to the
     end of the last on both sides; peak memory is reset before each side (CUDA max allocated; on
     CPU the peak RSS, also given as the increase over the RSS at the start of that side).
     Each side keeps its own defaults otherwise (ours: warmup 10%, weight decay 0.01, length
-    buckets, bf16 autocast on CUDA; Trainer: no warmup, no weight decay, random batches, fp32)."""
-    from ..backbone import load_backbone, pick_device, resolve_backbone
+    buckets, TrainConfig's precision and dropout defaults; Trainer: no warmup, no weight decay,
+    random batches, fp32). `embeddings` is our side's backbone option (compress.load_compressed;
+    `trimmed` keeps the pieces of the English train and dev texts both sides train and score on)."""
+    from ..backbone import pick_device, resolve_backbone
+    from ..compress import load_compressed
     from ..data import load_examples
     from ..formats.base import padding_waste
     from ..tasks import get_task
@@ -76,7 +79,8 @@ def peer_compare(backbone: str = "xlmr-e5-small", *, steps: int = 30, batch: int
     release_memory(dev)
     start_mem = meter.start()
     t_load = time.perf_counter()
-    bb = load_backbone(backbone, "none", str(dev))
+    bb = load_compressed(backbone, "none", str(dev), embeddings=embeddings,
+                         texts=lambda: [e[k] for e in train_ex + dev_ex for k in ("text",) if e.get(k)])
     model, _, _, trainable = _attach_for_bench(
         bb, "lora", {"r": r, "alpha": alpha, "dropout": dropout, "target_modules": targets}, "xtl_peer", spec)
     fmt = model.format
@@ -91,6 +95,7 @@ def peer_compare(backbone: str = "xlmr-e5-small", *, steps: int = 30, batch: int
         marks[done] = time.perf_counter()
 
     cfg = TrainConfig(steps=steps, batch_size=batch, lr=lr, eval_every=10**9, log_every=steps, seed=seed)
+    train_settings = {k: getattr(cfg, k) for k in ("precision", "backbone_dropout", "module_dropout")}
     res = train(model, trainable, feats, None, None, cfg, on_step=on_step)
     ours_peak = meter.peak()
     window = marks[steps] - marks[1] if steps > 1 else res.seconds
@@ -171,6 +176,7 @@ def peer_compare(backbone: str = "xlmr-e5-small", *, steps: int = 30, batch: int
         "backbone": backbone, "device": device_name(dev), "task": spec.name, "train_examples": len(train_ex),
         "dev_examples": len(dev_ex), "steps": steps, "batch": batch, "lr": lr, "max_length": spec.max_length,
         "lora": {"r": r, "alpha": alpha, "dropout": dropout, "targets": targets}, "mem_kind": meter.kind,
+        "ours_settings": {**train_settings, "embeddings": embeddings},
         "ours": ours, "peer": peer,
         "speedup_samples_per_s": ours["samples_per_s"] / peer["samples_per_s"],
         "peak_mem_ratio": ours["peak_mem_bytes"] / peer["peak_mem_bytes"] if peer["peak_mem_bytes"] else None,

@@ -25,6 +25,7 @@ from .. import cost
 from ..cost import count_step_flops, device_name, trainable_points
 from ..errors import XtlError
 from ..io import atomic_write_json
+from ..speed import autocast, autocast_dtype, dropout_overrides, to_fp32
 from .attach import _attach_for_bench
 from .config import BenchConfig
 from .memory import MemoryMeter, release_memory
@@ -75,7 +76,7 @@ def run_config(cfg: BenchConfig) -> dict:
     from ..tasks import get_task
 
     dev = pick_device(cfg.device)
-    rec: dict[str, Any] = {"key": cfg.key(), **cfg.model_dump(exclude={"trim_texts", "peak_flops"})}
+    rec: dict[str, Any] = {"key": cfg.key(), **cfg.model_dump(exclude={"trim_texts", "peak_flops", "peak_flops_bf16"})}
     rec["device"] = device_name(dev)
     if cfg.optimizer == "paged_adamw8bit" and dev.type != "cuda":
         return {**rec, "status": "n/a: paged optimizers need CUDA"}
@@ -116,7 +117,7 @@ def run_config(cfg: BenchConfig) -> dict:
                                     tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id, cfg.seed)
     ]
     real_tokens = int(batches[0]["attention_mask"].sum())
-    use_bf16 = dev.type == "cuda" and torch.cuda.is_bf16_supported()
+    dtype = autocast_dtype(cfg.precision, dev)
     fwd = torch.compile(model) if cfg.compile else model
 
     def sync():
@@ -125,9 +126,9 @@ def run_config(cfg: BenchConfig) -> dict:
 
     def step(i: int) -> torch.Tensor:
         b = batches[i % len(batches)]
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+        with autocast(cfg.precision, dev):
             out = fwd(b)
-        loss = fmt.loss(out, b)
+        loss = fmt.loss(to_fp32(out), b)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -135,6 +136,8 @@ def run_config(cfg: BenchConfig) -> dict:
         return loss.detach()
 
     model.train()
+    drop = dropout_overrides(bb.model, backbone=cfg.backbone_dropout, module=cfg.module_dropout)
+    drop.__enter__()  # the worker owns this backbone to its end: as the trainer sets it while training
     release_memory(dev)  # transient copies of loading/trimming/quantizing go back to the OS first
     mem_loaded = meter.start()  # the training window starts here (weights already resident)
     sync()
@@ -145,9 +148,12 @@ def run_config(cfg: BenchConfig) -> dict:
     sync()
     warm_s = time.perf_counter() - t
     t = time.perf_counter()
+    step_times = []
     for i in range(cfg.warmup, cfg.warmup + cfg.steps):
+        t_step = time.perf_counter()
         losses.append(step(i))
-    sync()
+        sync()  # CUDA: a no-op between steps of one stream in wall time; CPU: nothing
+        step_times.append(time.perf_counter() - t_step)
     measured_s = time.perf_counter() - t
     peak = meter.peak()
     loss_vals = [float(x) for x in torch.stack(losses).float().cpu()]
@@ -169,6 +175,9 @@ def run_config(cfg: BenchConfig) -> dict:
         module_bytes = path.stat().st_size
 
     achieved = flops["total"] / step_s if step_s > 0 else float("nan")
+    # MFU against the peak of the dtype the matmuls ran in (CUDA: the measured peak is bf16 already)
+    peak_flops = cfg.peak_flops_bf16 if dtype is not None and dev.type == "cpu" and cfg.peak_flops_bf16 else cfg.peak_flops
+    peak_dtype = "bf16" if dev.type == "cuda" or (dtype is not None and cfg.peak_flops_bf16) else "fp32"
     rec.update({
         "status": "ok" if all(math.isfinite(x) for x in loss_vals) else "error: non-finite loss",
         "dims": {"hidden": int(mc.hidden_size), "layers": int(mc.num_hidden_layers), "heads": int(mc.num_attention_heads),
@@ -177,14 +186,19 @@ def run_config(cfg: BenchConfig) -> dict:
         "load_s": load_s,
         "warmup_s": warm_s,
         "step_s": step_s,
+        # the median step: robust to a burst of load on a shared machine (ratios in the docs use it)
+        "step_s_median": sorted(step_times)[len(step_times) // 2] if step_times else None,
+        "step_s_min": min(step_times) if step_times else None,
         "samples_per_s": cfg.batch / step_s,
         "tokens_per_s": real_tokens / step_s,
         "real_tokens_per_step": real_tokens,
         "flops_per_step": flops["total"],
         "flops_breakdown": flops,
         "achieved_flops": achieved,
-        "peak_flops": cfg.peak_flops,
-        "mfu": (achieved / cfg.peak_flops) if cfg.peak_flops else None,
+        "peak_flops": peak_flops,
+        "peak_dtype": peak_dtype,
+        "compute_dtype": "bf16" if dtype is not None else "fp32",
+        "mfu": (achieved / peak_flops) if peak_flops else None,
         "peak_mem_bytes": peak,
         "mem_after_load_bytes": mem_loaded,
         "mem_kind": meter.kind,
@@ -202,7 +216,7 @@ def run_config(cfg: BenchConfig) -> dict:
 
 def run_isolated(cfg: BenchConfig, timeout: float | None = None) -> dict:
     """`run_config` in a fresh Python process (its own peak memory); never raises for a failed config."""
-    base = {"key": cfg.key(), **cfg.model_dump(exclude={"trim_texts", "peak_flops"})}
+    base = {"key": cfg.key(), **cfg.model_dump(exclude={"trim_texts", "peak_flops", "peak_flops_bf16"})}
     with tempfile.TemporaryDirectory(prefix="xtl-bench-") as td:
         cfg_path, out_path = Path(td) / "config.json", Path(td) / "result.json"
         cfg_path.write_text(cfg.model_dump_json())
@@ -228,21 +242,22 @@ def _worker_main(cfg_path: str, out_path: str) -> int:
     try:
         rec = run_config(cfg)
     except torch.cuda.OutOfMemoryError as e:
-        rec = {"key": cfg.key(), **cfg.model_dump(exclude={"trim_texts", "peak_flops"}), "status": f"oom: {str(e)[:200]}"}
+        rec = {"key": cfg.key(), **cfg.model_dump(exclude={"trim_texts", "peak_flops", "peak_flops_bf16"}), "status": f"oom: {str(e)[:200]}"}
     except XtlError as e:
-        rec = {"key": cfg.key(), **cfg.model_dump(exclude={"trim_texts", "peak_flops"}), "status": f"error: {e}"}
+        rec = {"key": cfg.key(), **cfg.model_dump(exclude={"trim_texts", "peak_flops", "peak_flops_bf16"}), "status": f"error: {e}"}
     except Exception as e:  # recorded, not raised: one broken configuration must not end a grid
-        rec = {"key": cfg.key(), **cfg.model_dump(exclude={"trim_texts", "peak_flops"}),
+        rec = {"key": cfg.key(), **cfg.model_dump(exclude={"trim_texts", "peak_flops", "peak_flops_bf16"}),
                "status": f"error: {type(e).__name__}: {str(e)[:300]}"}
     atomic_write_json(out_path, rec, indent=None, default=str)  # the parent reads it only if whole
     return 0
 
 
 def run_configs(configs: list[BenchConfig], *, peak_flops: float | None, isolated: bool = True,
-                timeout: float | None = None, on_result: Callable[[dict], None] | None = None) -> list[dict]:
+                timeout: float | None = None, on_result: Callable[[dict], None] | None = None,
+                peak_flops_bf16: float | None = None) -> list[dict]:
     out = []
     for cfg in configs:
-        cfg = cfg.model_copy(update={"peak_flops": peak_flops})
+        cfg = cfg.model_copy(update={"peak_flops": peak_flops, "peak_flops_bf16": peak_flops_bf16})
         if cfg.shape in RANDOM_SHAPES:
             materialize_random_shape(cfg.shape)  # once, here, not raced by workers
         if isolated:
@@ -251,13 +266,21 @@ def run_configs(configs: list[BenchConfig], *, peak_flops: float | None, isolate
             try:
                 rec = run_config(cfg)
             except XtlError as e:
-                rec = {"key": cfg.key(), **cfg.model_dump(exclude={"trim_texts", "peak_flops"}), "status": f"error: {e}"}
+                rec = {"key": cfg.key(), **cfg.model_dump(exclude={"trim_texts", "peak_flops", "peak_flops_bf16"}), "status": f"error: {e}"}
             rec["mem_scope"] = "in-process (peaks may include earlier configurations)"
         out.append(rec)
         remember_throughput(cfg, rec)
         if on_result:
             on_result(rec)
     return out
+
+
+def _trainer_defaults(cfg: BenchConfig) -> bool:
+    """The row trains as `train` does by default (precision and dropout)."""
+    from ..trainer import TrainConfig
+
+    d = TrainConfig.model_fields
+    return all(getattr(cfg, k) == d[k].default for k in ("precision", "backbone_dropout", "module_dropout"))
 
 
 def remember_throughput(cfg: BenchConfig, rec: dict) -> None:
@@ -268,7 +291,7 @@ def remember_throughput(cfg: BenchConfig, rec: dict) -> None:
     training runs log and the planner prices jobs with, so its FLOP/s are comparable."""
     name = SHAPE_BACKBONES.get(cfg.shape)
     plain = (not cfg.grad_ckpt and cfg.optimizer == "adamw" and cfg.embeddings == "full" and cfg.attn == "sdpa"
-             and not cfg.compile and not cfg.method_config
+             and not cfg.compile and not cfg.method_config and _trainer_defaults(cfg)
              and cfg.warmup >= 1)  # an unwarmed first step carries one-time costs (allocation, bnb repacking)
     if not name or not plain or rec.get("status") != "ok" or not rec.get("step_s"):
         return

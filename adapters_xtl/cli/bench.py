@@ -47,9 +47,27 @@ def _ints(s: str, where: str) -> list[int]:
     return out
 
 
+def _dropouts(s: Optional[str], where: str) -> list[Optional[float]]:
+    """`built,0,0.05` -> [None, 0.0, 0.05] (`built`: the backbone's / method's own dropout)."""
+    out: list[Optional[float]] = []
+    for x in _list(s) or []:
+        if x.lower() in ("built", "default", "none"):
+            out.append(None)
+            continue
+        try:
+            v = float(x)
+        except ValueError:
+            raise XtlError(f"{x!r} is not a dropout probability", where=where, fix="e.g. built,0 or 0.1") from None
+        if not 0 <= v < 1:
+            raise XtlError(f"dropout {x} is not in [0, 1)", where=where, fix="e.g. built,0 or 0.1")
+        out.append(v)
+    return out
+
+
 def check_bench_options(*, shapes, methods, quant, seq, batch, steps, warmup, grad_ckpt, optimizer, embeddings, attn,
                         compile, backbone, peer_steps, peer_batch, peer_task, peak_size, peak_flops, timeout, json_path,
-                        data_dir, device, peer, emb, padding, all_sections) -> None:
+                        data_dir, device, peer, emb, padding, all_sections, precision=None, backbone_dropout=None,
+                        module_dropout=None, peer_embeddings="full") -> None:
     """Every flag of `xtl bench`, before the matmul peak is measured or a configuration runs: a
     typo in the last axis must not cost the minutes the first ones take."""
     from .. import checks
@@ -84,6 +102,17 @@ def check_bench_options(*, shapes, methods, quant, seq, batch, steps, warmup, gr
             parse_embeddings_mode(e)
         except XtlError as err:
             raise XtlError(checks.message_of(err), where="--embeddings", fix=err.fix) from None
+    from ..speed import PRECISIONS
+
+    for pr in _list(precision) or []:
+        if pr not in PRECISIONS:
+            raise XtlError(f"unknown precision {pr!r}", where="--precision", fix=did_you_mean(pr, PRECISIONS))
+    _dropouts(backbone_dropout, "--backbone-dropout")
+    _dropouts(module_dropout, "--module-dropout")
+    try:
+        parse_embeddings_mode(peer_embeddings)
+    except XtlError as err:
+        raise XtlError(checks.message_of(err), where="--peer-embeddings", fix=err.fix) from None
     for a in _list(attn) or []:
         if a not in ("sdpa", "eager"):
             raise XtlError(f"unknown attention {a!r}", where="--attn", fix="sdpa | eager")
@@ -195,6 +224,10 @@ def bench(
     embeddings: str = typer.Option("full", help="full,trimmed,8bit,4bit,trimmed+8bit,trimmed+4bit"),
     attn: str = typer.Option("sdpa", help="sdpa,eager"),
     compile: str = typer.Option("off", help="torch.compile: off | on | off,on"),
+    precision: Optional[str] = typer.Option(None, help="fp32,bf16,auto (default: the trainer's, auto)"),
+    backbone_dropout: Optional[str] = typer.Option(None, help="frozen backbone's dropout while training: built,0,... "
+                                                              "(default: the trainer's)"),
+    module_dropout: Optional[str] = typer.Option(None, help="trained module's dropout: built,0,... (default: the trainer's)"),
     grid: bool = typer.Option(False, "--grid", help="run the grid even when a section flag is given"),
     memory: bool = typer.Option(False, "--memory", help="memory measures one at a time: XLM-R large + LoRA, 32 x 128 "
                                                         "(--shapes/--batch/--seq override)"),
@@ -203,11 +236,16 @@ def bench(
     peer: bool = typer.Option(False, "--peer", help="our trainer vs a plain peft + transformers Trainer script"),
     emb: bool = typer.Option(False, "--embeddings-report", help="error and size of 8/4-bit and trimmed embeddings "
                                                                 "(xlmr-e5-small, demo texts)"),
+    gpu: bool = typer.Option(False, "--gpu", help="issue 18's GPU rows: XLM-R large + LoRA 32 x 128 in bf16, + 4-bit, "
+                                                  "checkpointing, trimmed 4-bit embeddings; the e5-small grid "
+                                                  "(--shapes LARGE,SMALL override the two shapes)"),
     all_sections: bool = typer.Option(False, "--all", help="grid, memory, speed, padding and peer"),
     backbone: str = typer.Option("xlmr-e5-small", help="the real backbone of --peer and --embeddings-report"),
     peer_steps: int = typer.Option(30, help="training steps of --peer"),
     peer_batch: int = typer.Option(16, help="batch size of --peer"),
     peer_task: str = typer.Option("demo-topic", help="single-sentence classification task of --peer (demo-topic, sib200, sst2-local)"),
+    peer_embeddings: str = typer.Option("full", help="our side's embeddings in --peer: full | trimmed | trimmed+4bit ... "
+                                                     "(trimmed keeps the pieces of the task's English train/dev data)"),
     peak_size: Optional[int] = typer.Option(None, help="matmul size for the peak measurement (default 2048 CPU, 8192 GPU)"),
     peak_flops: Optional[float] = typer.Option(None, help="use this peak FLOP/s instead of measuring it"),
     in_process: bool = typer.Option(False, "--in-process", help="no subprocess per configuration (faster; peak memory "
@@ -226,12 +264,14 @@ def bench(
                         grad_ckpt=grad_ckpt, optimizer=optimizer, embeddings=embeddings, attn=attn, compile=compile,
                         backbone=backbone, peer_steps=peer_steps, peer_batch=peer_batch, peer_task=peer_task,
                         peak_size=peak_size, peak_flops=peak_flops, timeout=timeout, json_path=json_path,
-                        data_dir=data_dir, device=device, peer=peer, emb=emb, padding=padding, all_sections=all_sections)
+                        data_dir=data_dir, device=device, peer=peer, emb=emb, padding=padding, all_sections=all_sections,
+                        precision=precision, backbone_dropout=backbone_dropout, module_dropout=module_dropout,
+                        peer_embeddings=peer_embeddings)
     dev = pick_device(device)
-    run_grid = grid or all_sections or not (memory or speed or padding or peer or emb)
+    run_grid = grid or all_sections or not (memory or speed or padding or peer or emb or gpu)
     out: dict = {}
     console.print(f"[bold]xtl bench[/] on {device_name(dev)}")
-    need_peak = run_grid or memory or speed or all_sections
+    need_peak = run_grid or memory or speed or gpu or all_sections
     peak = None
     if need_peak:
         if peak_flops:
@@ -241,6 +281,15 @@ def bench(
         console.print(f"measured matmul peak: {peak['flops'] / 1e12:.3f} TFLOP/s ({peak['dtype']}, n={peak['size']})")
     out["meta"] = B.bench_meta(dev, peak)
     pf = peak["flops"] if peak else None
+    pf16 = None
+    if need_peak and dev.type == "cpu" and not peak_flops and B.bf16_rows_possible(_list(precision),
+                                                                                   speed or gpu or all_sections):
+        import torch
+
+        peak16 = measure_peak_flops(dev, size=peak_size, dtype=torch.bfloat16)
+        pf16 = peak16["flops"]
+        out["meta"]["peak_bf16"] = peak16
+        console.print(f"measured bf16 matmul peak: {pf16 / 1e12:.3f} TFLOP/s (the MFU denominator of bf16 rows)")
 
     def save():
         B.write_json(json_path, out)
@@ -257,10 +306,12 @@ def bench(
             seq=_ints(seq, "--seq") if seq else d["seq"], batch=batch or d["batch"], steps=steps or d["steps"],
             warmup=warmup if warmup is not None else d["warmup"], grad_ckpt=_bools(grad_ckpt, "--grad-ckpt"),
             optimizer=_list(optimizer) or ["adamw"], embeddings=_list(embeddings) or ["full"],
-            attn=_list(attn) or ["sdpa"], compile=_bools(compile, "--compile"), device=str(dev))
+            attn=_list(attn) or ["sdpa"], compile=_bools(compile, "--compile"), device=str(dev),
+            precision=_list(precision), backbone_dropout=_dropouts(backbone_dropout, "--backbone-dropout") or None,
+            module_dropout=_dropouts(module_dropout, "--module-dropout") or None)
         console.print(f"grid: {len(configs)} configurations")
         out["grid"] = []
-        B.run_configs(configs, peak_flops=pf, isolated=not in_process, timeout=timeout,
+        B.run_configs(configs, peak_flops=pf, peak_flops_bf16=pf16, isolated=not in_process, timeout=timeout,
                       on_result=lambda r: (out["grid"].append(r), progress(r)))
         console.print(results_table("training step, per configuration", out["grid"]))
     first_shape = (_list(shapes) or [None])[0]
@@ -274,16 +325,27 @@ def bench(
         configs = B.memory_configs(dev, **kw)
         console.print(f"memory: {len(configs)} configurations")
         out["memory"] = []
-        B.run_configs(configs, peak_flops=pf, isolated=not in_process, timeout=timeout,
+        B.run_configs(configs, peak_flops=pf, peak_flops_bf16=pf16, isolated=not in_process, timeout=timeout,
                       on_result=lambda r: (out["memory"].append(r), progress(r)))
         console.print(results_table("memory measures, one at a time", out["memory"], label=True))
     if speed or all_sections:
         kw = preset_kw(shape=first_shape, batch=batch, seq=first_seq, steps=steps, warmup=warmup)
         configs = B.speed_configs(dev, **kw)
         out["speed"] = []
-        B.run_configs(configs, peak_flops=pf, isolated=not in_process, timeout=timeout,
+        B.run_configs(configs, peak_flops=pf, peak_flops_bf16=pf16, isolated=not in_process, timeout=timeout,
                       on_result=lambda r: (out["speed"].append(r), progress(r)))
         console.print(results_table("attention implementation and torch.compile", out["speed"], label=True))
+    if gpu:
+        pair = _list(shapes) or ["large"]
+        kw = preset_kw(large=pair[0], small=pair[1] if len(pair) > 1 else None, batch=batch, seq=first_seq,
+                       steps=steps, warmup=warmup)
+        configs = B.gpu_configs(dev, **kw)
+        if dev.type != "cuda":
+            console.print("[yellow]note:[/] --gpu on a CPU: the rows run, but their figures are not the GPU's")
+        out["gpu"] = []
+        B.run_configs(configs, peak_flops=pf, peak_flops_bf16=pf16, isolated=not in_process, timeout=timeout,
+                      on_result=lambda r: (out["gpu"].append(r), progress(r)))
+        console.print(results_table("GPU rows (issue 18): XLM-R large + LoRA and the e5-small grid", out["gpu"], label=True))
     if padding or all_sections:
         from ..backbone import resolve_backbone
         from transformers import AutoTokenizer
@@ -305,7 +367,8 @@ def bench(
         console.print(embeddings_table(out["embeddings"]))
     if peer or all_sections:
         out["peer"] = B.peer_compare(backbone, steps=peer_steps, batch=peer_batch, device=str(dev),
-                                     progress=lambda s: console.print(f"  {s}"), task=peer_task, data_dir=data_dir)
+                                     progress=lambda s: console.print(f"  {s}"), task=peer_task, data_dir=data_dir,
+                                     embeddings=peer_embeddings)
         save()
         console.print(peer_table(out["peer"]))
     save()

@@ -26,6 +26,13 @@ def train(
     method: str = typer.Option("lora", help="lora | bottleneck"),
     backbone: str = typer.Option("xlmr-e5-small", help="xlmr-e5-small, xlm-roberta-base/large, a Hub id or a folder"),
     quantization: str = typer.Option("none", help="none | 8bit | 4bit"),
+    embeddings: str = typer.Option("full", help="word embeddings: full | trimmed | 8bit | 4bit | trimmed+8bit | "
+                                                "trimmed+4bit (trimmed keeps the pieces of the task's data)"),
+    precision: Optional[str] = typer.Option(None, help="fp32 | bf16 | auto (default: the task's, else auto)"),
+    backbone_dropout: Optional[float] = typer.Option(None, help="frozen backbone's dropout while training "
+                                                                "(default: the task's, else the trainer's)"),
+    module_dropout: Optional[float] = typer.Option(None, help="the module's dropout while training "
+                                                              "(default: the task's, else the method's own)"),
     name: Optional[str] = typer.Option(None, help="registry name (default <task>-<method>)"),
     steps: Optional[int] = typer.Option(None, help="optimizer steps (>= 1; default: the task's)"),
     batch_size: Optional[int] = typer.Option(None, help="examples per step (>= 1)"),
@@ -46,19 +53,27 @@ def train(
     device: Optional[str] = typer.Option(None),
 ):
     """Train a task module on English data, evaluate it zero-shot on every language, register it."""
-    from ..api import Backbone, Continue, train as api_train
+    from ..api import Continue, train as api_train
+    from ..backbone import pick_device
+    from ..compress import cost_notes, load_compressed, task_texts
 
     spec, cfg, method_obj, name, init_ref = check_train_options(
-        task=task, method=method, backbone=backbone, quantization=quantization, name=name, steps=steps,
+        task=task, method=method, backbone=backbone, quantization=quantization, embeddings=embeddings,
+        precision=precision, backbone_dropout=backbone_dropout, module_dropout=module_dropout, name=name, steps=steps,
         batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every, max_train_examples=max_train_examples,
         method_config=method_config, init_from=init_from, languages=languages, eval_limit=eval_limit,
         data_dir=data_dir, results=results, checkpoint_dir=checkpoint_dir, registry=registry, device=device)
     ckpt = checkpoint_folder(checkpoint_dir or results.parent / "checkpoints", name, spec=spec, method=method,
                              method_obj=method_obj, cfg=cfg, backbone=backbone, quantization=quantization,
-                             init_ref=init_ref, data_dir=data_dir)
+                             init_ref=init_ref, data_dir=data_dir, embeddings=embeddings)
     t0 = time.perf_counter()
-    bb = Backbone.load(backbone, quantization, device)
-    console.print(f"backbone {bb.fingerprint.short()} ({bb.total_params() / 1e6:.1f}M params) in {time.perf_counter() - t0:.1f}s")
+    for note in cost_notes(pick_device(device), quantization, embeddings, cfg.precision):
+        console.print(f"[yellow]note:[/] {note}")  # once, before anything slow starts
+    bb = load_compressed(backbone, quantization, device, embeddings=embeddings, warn=False,
+                         texts=lambda: task_texts([(spec, langs(languages))], data_dir))
+    emb = f", embeddings {embeddings}" if embeddings != "full" else ""
+    console.print(f"backbone {bb.fingerprint.short()} ({bb.total_params() / 1e6:.1f}M params{emb}) in "
+                  f"{time.perf_counter() - t0:.1f}s")
     reg = open_registry(registry)
     console.print(f"checkpoints in {ckpt}" + (" (resuming)" if ckpt.exists() else ""))
     with progress() as report:
@@ -76,7 +91,8 @@ def train(
 
 def check_train_options(*, task, method, backbone, quantization, name, steps, batch_size, lr, seed, eval_every,
                         max_train_examples, method_config, init_from, languages, eval_limit, data_dir, results,
-                        checkpoint_dir, registry, device):
+                        checkpoint_dir, registry, device, embeddings="full", precision=None, backbone_dropout=None,
+                        module_dropout=None):
     """Every option of `xtl train`, checked before anything loads or is written: returns (task
     spec, TrainConfig, method config, module name, pinned `init_from` or None)."""
     from ..methods import get_method
@@ -93,7 +109,9 @@ def check_train_options(*, task, method, backbone, quantization, name, steps, ba
     if not model_format_trainable(spec):
         raise XtlError(f"task {spec.name!r} ({spec.format}) has no training", where="--task",
                        fix="retrieval tasks evaluate a module directly: use `xtl eval`")
-    cfg = TrainConfig.resolve(spec, dict(given, seed=seed), where="--steps/--batch-size/--lr/... or the task's defaults")
+    cfg = TrainConfig.resolve(spec, dict(given, seed=seed, precision=precision, backbone_dropout=backbone_dropout,
+                                         module_dropout=module_dropout),
+                              where="--steps/--batch-size/--lr/--precision/... or the task's defaults")
     try:
         mcfg = json.loads(method_config) if method_config else {}
     except json.JSONDecodeError as e:
@@ -106,6 +124,7 @@ def check_train_options(*, task, method, backbone, quantization, name, steps, ba
     for lang in langs(languages) or []:
         spec.language_code(lang)
     checks.quantization(quantization, "--quantization")
+    checks.embeddings(embeddings, "--embeddings")
     checks.backbone(backbone, "--backbone")
     checks.device(device)
     name = checks.module_name(name or f"{spec.name}-{method}", "--name")
@@ -122,7 +141,7 @@ def check_train_options(*, task, method, backbone, quantization, name, steps, ba
 
 
 def checkpoint_folder(root: Path, name: str, *, spec, method, method_obj, cfg, backbone, quantization, init_ref,
-                      data_dir) -> Path:
+                      data_dir, embeddings: str = "full") -> Path:
     """`<root>/<name>-<hash>`: the hash covers everything that decides the trained weights, so a
     rerun of the same command resumes and a changed one (other steps, task, backbone, starting
     module) starts afresh instead of resuming someone else's run."""
@@ -131,5 +150,6 @@ def checkpoint_folder(root: Path, name: str, *, spec, method, method_obj, cfg, b
     key = config_hash({"task": spec.model_dump(mode="json"), "method": method,
                        "method_config": method_obj.model_dump(), "train": cfg.model_dump(), "backbone": backbone,
                        "quantization": quantization, "init_from": init_ref,
+                       **({"embeddings": embeddings} if embeddings != "full" else {}),
                        "data_dir": str(data_dir.resolve()) if data_dir else None})
     return root / f"{name}-{key[:12]}"
