@@ -530,3 +530,31 @@ def test_cli_study_dry_run_and_errors(tmp_path, tiny_backbone_dir):
     assert not (tmp_path / "o" / "study.json").exists()
     res = CliRunner().invoke(app, ["study", "stepz", "--dry-run"])
     assert isinstance(res.exception, XtlError) and "did you mean 'steps'" in str(res.exception)
+
+
+def test_lora_deltas_follow_peft_scaling_with_rank_and_alpha_patterns_and_rslora():
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from adapters_xtl.studies.similarity import module_deltas
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.query, self.value = torch.nn.Linear(6, 6), torch.nn.Linear(6, 6)
+
+    for rslora in (False, True):
+        cfg = {"r": 2, "alpha": 4, "rank_pattern": {"value": 4}, "alpha_pattern": {"value": 3}, "use_rslora": rslora}
+        model = get_peft_model(Tiny(), LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"],
+                                                  rank_pattern={"value": 4}, alpha_pattern={"value": 3},
+                                                  use_rslora=rslora))
+        torch.manual_seed(0)
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                torch.nn.init.normal_(p)
+        tensors = {"module." + k.replace(".default", ""): v for k, v in model.state_dict().items() if "lora_" in k}
+        got = module_deltas(tensors, "lora", cfg)
+        for name in ("query", "value"):
+            layer = dict(model.named_modules())[f"base_model.model.{name}"]
+            want = layer.get_delta_weight("default")
+            assert torch.allclose(got[f"base_model.model.{name}"], want, atol=1e-6), (name, rslora)

@@ -190,7 +190,6 @@ def module_deltas(tensors: Mapping[str, torch.Tensor], method: str, method_confi
            if not k.startswith("head.") and not k.startswith("heads.") and not k.startswith("fusion.")}
     out: dict[str, torch.Tensor] = {}
     if method == "lora":
-        scale = float(cfg.get("alpha", 16)) / float(cfg.get("r", 8))
         for k, a in mod.items():
             if ".lora_A." not in k:
                 continue
@@ -198,7 +197,7 @@ def module_deltas(tensors: Mapping[str, torch.Tensor], method: str, method_confi
             if b is None:
                 continue
             layer = k.split(".lora_A.")[0]
-            out[layer] = (b.float() @ a.float()) * scale
+            out[layer] = (b.float() @ a.float()) * lora_scale(cfg, layer, rank=a.shape[0])
     elif method == "bottleneck":
         for k, down in mod.items():
             if ".adapter_down." not in k or not k.endswith("weight"):
@@ -214,6 +213,19 @@ def module_deltas(tensors: Mapping[str, torch.Tensor], method: str, method_confi
     if not out:
         raise XtlError(f"found no {method} layers in the module's weights", where="similarity study")
     return out
+
+
+def lora_scale(cfg: Mapping[str, Any], layer: str, rank: int) -> float:
+    """peft's scaling of one layer's B A: its alpha (``alpha_pattern`` matched as peft matches it)
+    over its rank (read off the saved A, so ``rank_pattern`` holds), or over sqrt(rank) with rsLoRA.
+    DoRA modules get the same low-rank direction update; their magnitude vectors rescale the whole
+    weight and would need the backbone's own weights, so they are left out of this view."""
+    from peft.utils.other import get_pattern_key
+
+    alphas = dict(cfg.get("alpha_pattern") or {})
+    key = get_pattern_key(list(alphas), layer)
+    alpha = float(alphas.get(key, cfg.get("alpha", 16)))
+    return alpha / (math.sqrt(rank) if cfg.get("use_rslora") else rank)
 
 
 def delta_similarity(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> dict[str, float]:
