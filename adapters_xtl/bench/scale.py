@@ -54,9 +54,12 @@ def run_one(cfg: dict, recipe_path: Path, out: Path, local_threads: int) -> dict
     import torch
     from rich.console import Console
 
-    import adapters_xtl as xtl
+    from ..executors import LocalExecutor
+    from ..executors.ray import RayExecutor
+    from ..recipe import expand, load_recipe
+    from ..store.registry import Registry
 
-    plan = xtl.Recipe.load(recipe_path).expand()
+    plan = expand(load_recipe(recipe_path))
     folder = out / cfg["name"].replace(":", "-")
     if folder.exists():
         import shutil
@@ -65,12 +68,11 @@ def run_one(cfg: dict, recipe_path: Path, out: Path, local_threads: int) -> dict
     console = Console(file=sys.stderr, width=160)
     if cfg["name"] == "local":
         torch.set_num_threads(local_threads)
-        executor = xtl.LocalExecutor(console=console)
+        executor = LocalExecutor(console=console)
     else:
-        executor = xtl.RayExecutor(cfg["workers"], cpus_per_worker=cfg["cpus"], console=console)
+        executor = RayExecutor(cfg["workers"], cpus_per_worker=cfg["cpus"], console=console)
     t0 = time.perf_counter()
-    xtl.run(plan, folder / "run", registry=xtl.Registry(folder / "registry"), executor=executor,
-            progress=lambda ev: None)
+    executor.run(plan, folder / "run", registry=Registry(folder / "registry"), progress=lambda ev: None)
     wall = time.perf_counter() - t0
     rows = [json.loads(line) for line in (folder / "run" / "results.jsonl").read_text().splitlines()]
     return {"config": cfg["name"], "wall_s": round(wall, 2), "cells": len(plan.cells), "modules": len(plan.modules),
