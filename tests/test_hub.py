@@ -15,6 +15,9 @@ for these calls, as the real Hub does:
 - `model_info`:       GET  /api/models/{repo}[/revision/{rev}]  (sha, siblings)
 - `hf_hub_download`:  HEAD/GET /{repo}/resolve/{rev}/{path}  (X-Repo-Commit, ETag / X-Linked-Etag)
 
+Dataset repos (`repo_type="dataset"`) answer the same routes under /api/datasets/... and
+/datasets/{repo}/...; the server keeps them as "datasets/{repo}" (`hub.files("datasets/org/x")`).
+
 Writes need the token; private repos answer 401 RepoNotFound without it. Commits are content
 addressed, so a revision pins exactly one set of files.
 """
@@ -178,6 +181,13 @@ class LocalHub:
 
             def dispatch(self, verb, parts, query):
                 head = verb == "HEAD"
+                # dataset repos: the same routes under /api/datasets/ and /datasets/, kept apart
+                # from model repos as "datasets/<org>/<name>"
+                kind = ""
+                if parts[:2] == ["api", "datasets"]:
+                    parts, kind = ["api", "models", *parts[2:]], "datasets/"
+                elif len(parts) > 3 and parts[0] == "datasets":
+                    parts, kind = parts[1:], "datasets/"
                 if verb == "GET" and parts == ["api", "whoami-v2"]:
                     if not self.authed():
                         return self.error(401, None, "Invalid credentials in Authorization header")
@@ -186,7 +196,8 @@ class LocalHub:
                     if not self.authed():
                         return self.error(401, None, "Invalid credentials")
                     req = json.loads(self.body())
-                    repo_id = f"{req.get('organization') or USER}/{req['name']}"
+                    kind = "datasets/" if req.get("type") == "dataset" else ""
+                    repo_id = f"{kind}{req.get('organization') or USER}/{req['name']}"
                     url = f"{hub.url}/{repo_id}"
                     if repo_id in hub.repos:
                         return self.send(409, {"error": "You already created this model repo", "url": url})
@@ -207,7 +218,7 @@ class LocalHub:
                             return self.send(400, {"errors": [{"message": f"invalid YAML: {e}"}]})
                     return self.send(200, {"errors": [], "warnings": []})
                 if len(parts) >= 4 and parts[:2] == ["api", "models"]:
-                    repo_id = f"{parts[2]}/{parts[3]}"
+                    repo_id = f"{kind}{parts[2]}/{parts[3]}"
                     rest = parts[4:]
                     if verb == "GET" and (not rest or rest[0] == "revision"):
                         repo = self.repo_or_error(repo_id)
@@ -217,7 +228,7 @@ class LocalHub:
                         if got is None:
                             return self.error(404, "RevisionNotFound", "Invalid rev id")
                         sha, files = got
-                        return self.send(200, {"id": repo_id, "modelId": repo_id, "sha": sha,
+                        return self.send(200, {"id": repo_id[len(kind):], "modelId": repo_id[len(kind):], "sha": sha,
                                                "private": repo["private"], "tags": [], "downloads": 0, "likes": 0,
                                                "lastModified": "2025-01-01T00:00:00.000Z",
                                                "siblings": [{"rfilename": p} for p in sorted(files)]})
@@ -282,7 +293,7 @@ class LocalHub:
                     hub.lfs[parts[1]] = data
                     return self.send(200, {})
                 if verb in ("GET", "HEAD") and len(parts) >= 5 and parts[2] == "resolve":
-                    repo_id = f"{parts[0]}/{parts[1]}"
+                    repo_id = f"{kind}{parts[0]}/{parts[1]}"
                     if self.repo_or_error(repo_id, head) is None:
                         return
                     got = hub.files_at(repo_id, parts[3])

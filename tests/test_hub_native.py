@@ -239,3 +239,149 @@ def test_card_snippets_compile_for_every_kind(bench):
         m.__pydantic_extra__["card"] = {"native": plan(m, tensors).to_dict()}
         for block in python_blocks(render_card(m)):
             ast.parse(block)
+
+
+def _xnli_manifest(**kw):
+    from adapters_xtl.store.manifest import BackboneFingerprint, Manifest
+
+    fields = dict(name="xnli-lora", task="xnli", format="classification", method="lora",
+                  head={"kind": "classification", "labels": ["entailment", "neutral", "contradiction"],
+                        "pooling": "cls"},
+                  backbone=BackboneFingerprint(model_id="xlmr-e5-small", weights_sha256="ab" * 32),
+                  scores={"en": {"accuracy": 80.0}, "de": {"accuracy": 71.5}, "sw": {"accuracy": 61.25},
+                          "avg": {"accuracy": 70.9}})
+    return Manifest(**{**fields, **kw})
+
+
+def test_card_metadata_is_what_huggingface_hub_reads(registry):
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData, metadata_eval_result
+
+    from adapters_xtl.store.card import parse_front_matter, render_card
+    from adapters_xtl.store.cardfacts import card_facts
+    from adapters_xtl.store.native import NativePlan
+
+    m = _xnli_manifest(hub={"repo_id": "my-lab/xnli-lora", "revision": "c" * 40})
+    native = NativePlan("peft", model_class="XLMRobertaForSequenceClassification", task_type="SEQ_CLS",
+                        head_in_library=True, labels=m.head["labels"])
+    m.__pydantic_extra__["card"] = card_facts(registry, m, native.to_dict())
+    text = render_card(m)
+    card = ModelCard(text)
+    data = card.data
+    assert (data.library_name, data.base_model, data.base_model_relation, data.pipeline_tag) == (
+        "peft", "intfloat/multilingual-e5-small", "adapter", "text-classification")
+    assert data.datasets == ["nyu-mll/glue", "facebook/xnli"]  # MNLI trains it, XNLI scores it
+    assert data.license == "other" and data.license_name == "cc-by-nc-4.0-and-mit-and-other"
+    assert data.language == ["en", "de", "sw"] and "lora" in data.tags
+    by_lang = {r.dataset_config: r for r in data.eval_results}
+    assert set(by_lang) == {"en", "de", "sw"}  # one per language and metric; no average
+    de = by_lang["de"]
+    assert isinstance(de, EvalResult) and (de.dataset_type, de.dataset_split, de.metric_type, de.metric_value) == (
+        "facebook/xnli", "test", "accuracy", 71.5)
+    assert de.metric_name == "accuracy (de, zero-shot)" and by_lang["en"].metric_name == "accuracy (en)"
+    # the same entry huggingface_hub writes for one result
+    ref = metadata_eval_result(model_pretty_name="xnli-lora", task_pretty_name="xnli (classification)",
+                               task_id="text-classification", metrics_pretty_name="accuracy (de, zero-shot)",
+                               metrics_id="accuracy", metrics_value=71.5, dataset_pretty_name="XNLI (de, zero-shot)",
+                               dataset_id="facebook/xnli", dataset_config="de", dataset_split="test")
+    ours = [r for r in parse_front_matter(text)["model-index"][0]["results"] if r["dataset"]["config"] == "de"]
+    assert ours == ref["model-index"][0]["results"]
+    # and the metadata survives huggingface_hub's own round trip
+    meta = parse_front_matter(text)
+    kwargs = {k: v for k, v in meta.items() if k != "model-index"}
+    again = ModelCardData(**kwargs, model_name=data.model_name, eval_results=data.eval_results).to_dict()
+    assert again == meta
+    assert "zero-shot cross-lingual transfer" in card.text and "facebook/xnli`: cc-by-nc-4.0" in card.text
+    assert "XLMRobertaForSequenceClassification.from_pretrained(" in card.text and "num_labels=len(labels)" in card.text
+
+
+def test_a_stacked_module_card_names_its_parts_in_order(registry, tiny_backbone_dir):
+    import torch as _t
+
+    from adapters_xtl.store.card import render_card
+    from adapters_xtl.store.cardfacts import card_facts
+    from adapters_xtl.store.native import plan
+
+    inter = _xnli_manifest(name="mnli-lora", task="mnli")
+    registry.save(inter, {"module.x": _t.zeros(1)})
+    registry.set_hub("mnli-lora", "1", {"repo_id": "my-lab/mnli-lora", "revision": "d" * 40})
+    m = _xnli_manifest(composition={"kind": "stack", "modules": ["mnli-lora@1", "other@3"]})
+    p = plan(m, {"module.a": _t.zeros(1), "head.out.weight": _t.zeros(1)})
+    assert p.library is None and p.parts == ["mnli-lora@1", "other@3"]
+    m.__pydantic_extra__["card"] = card_facts(registry, m, p.to_dict())
+    text = render_card(m)
+    assert "library_name" not in text.split("\n---\n")[0]  # no root export to load
+    assert "1. `mnli-lora@1` (mnli, lora) — [my-lab/mnli-lora](https://huggingface.co/my-lab/mnli-lora/tree/" in text
+    assert "2. `other@3` — not on the Hub" in text
+    assert "There is no peft / adapters export of this module: it was trained as a stack" in text
+
+
+# ------------------------------------------------------------------------------------ results dataset
+
+
+def _write_run(folder, seed: int, langs=("en", "de", "sw")):
+    import json
+
+    folder.mkdir(parents=True)
+    rows = []
+    for comp, inter in (("single", "none"), ("stack", "mnli")):
+        for lang in langs:
+            rows.append({"module": f"xnli-{comp}-{seed}@1", "task": "xnli", "target": "xnli", "language": lang,
+                         "metric": "accuracy", "score": 50.0 + seed + len(lang) + (comp == "stack"), "n": 40,
+                         "ci_low": 40.0, "ci_high": 60.0, "cell": f"c{comp}{seed}", "format": "classification",
+                         "composition": comp, "intermediate_task": inter, "intermediate": inter,
+                         "backbone": "xlmr-e5-small@38d3931c76e4/none", "method": "lora", "seed": seed})
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"cut by a ki')
+    return rows
+
+
+def test_report_push_publishes_results_that_pool_across_runs(hub, tmp_path, capsys):  # noqa: F811
+    from datasets import load_dataset
+    from huggingface_hub import DatasetCard, hf_hub_download
+
+    from adapters_xtl.cli import main
+    from adapters_xtl.reporting.hub_results import KEY, push_results
+
+    first = _write_run(tmp_path / "lab-a", seed=1)
+    done = push_results(tmp_path / "lab-a", "xtl-lab/xnli-results")
+    assert done["rows"] == len(first) == 6 and done["path"] == "data/lab-a.parquet"
+    files = hub.files("datasets/xtl-lab/xnli-results")
+    assert "xtl-lab/xnli-results" not in hub.repos  # a dataset repo, not a model repo
+    assert {"README.md", "data/lab-a.parquet"} <= set(files)
+
+    # another lab's grid, through the CLI: its own file beside the first
+    _write_run(tmp_path / "lab-b", seed=2, langs=("en", "de"))
+    assert main(["report", str(tmp_path / "lab-b"), "--push", "xtl-lab/xnli-results"]) == 0
+    assert "pushed 4 result rows to dataset xtl-lab/xnli-results" in capsys.readouterr().out
+    files = hub.files("datasets/xtl-lab/xnli-results")
+    assert {"data/lab-a.parquet", "data/lab-b.parquet"} <= set(files)
+
+    card = DatasetCard(files["README.md"].decode())
+    assert card.data.configs == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/*.parquet"}]}]
+    assert "adapters_xtl" in card.data.tags and 'load_dataset("xtl-lab/xnli-results"' in card.text
+    local = [hf_hub_download("xtl-lab/xnli-results", f"data/{run}.parquet", repo_type="dataset",
+                             cache_dir=str(tmp_path / "cache")) for run in ("lab-a", "lab-b")]
+    pooled = load_dataset("parquet", data_files=local, split="train", cache_dir=str(tmp_path / "ds-cache"))
+    assert len(pooled) == 10 and set(pooled["run"]) == {"lab-a", "lab-b"}
+    assert len({tuple(r[k] for k in KEY) for r in pooled}) == 10  # the key tells every row apart
+    row = next(r for r in pooled if r["run"] == "lab-a" and r["language"] == "sw" and r["composition"] == "stack")
+    assert (row["score"], row["seed"], row["intermediate"], row["backbone"]) == (
+        54.0, 1, "mnli", "xlmr-e5-small@38d3931c76e4/none")
+    assert pooled.features["seed"].dtype == "int64" and pooled.features["score"].dtype == "float64"
+
+
+def test_report_push_bad_input(hub, tmp_path, capsys):  # noqa: F811
+    from adapters_xtl.cli import main
+    from adapters_xtl.errors import XtlError
+    from adapters_xtl.reporting.hub_results import push_results
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "results.jsonl").write_text("")
+    with pytest.raises(XtlError, match="has no results"):
+        push_results(tmp_path / "empty", "xtl-lab/r")
+    _write_run(tmp_path / "run", seed=1)
+    hub.log.clear()
+    assert main(["report", str(tmp_path / "run"), "--push", "not-a-repo-id"]) == 2
+    assert "invalid Hub repo id" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "report.md").exists() and hub.log == []
+    with pytest.raises(XtlError, match="cannot name a file"):
+        push_results(tmp_path / "run", "xtl-lab/r", run_name="../x")

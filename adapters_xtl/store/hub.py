@@ -44,7 +44,7 @@ _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*$")
 __all__ = ["DEFAULT_MAX_FILE_BYTES", "DEFAULT_REVISION", "MAX_FILE_SIZE_ENV", "REPO_ID_RE", "REVISION_RE", "SHA_RE",
            "api", "check_pin", "check_repo_id", "check_repo_path", "check_revision", "check_sha", "download_files",
            "endpoint_url", "format_size", "hub_errors", "looks_like_repo_spec", "max_file_bytes", "parse_repo_spec",
-           "parse_size", "resolve", "upload_folder", "user_name"]
+           "parse_size", "REPO_TYPES", "resolve", "upload_folder", "user_name"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,14 +265,20 @@ def user_name(*, token: str | None = None, endpoint: str | None = None) -> str:
         return api(token, endpoint).whoami().get("name")
 
 
+REPO_TYPES = ("model", "dataset")
+
+
 def upload_folder(repo_id: str, folder: Path, *, private: bool = False, commit_message: str,
-                  token: str | None = None, endpoint: str | None = None) -> str:
-    """Create the model repo if needed (`private` applies then) and commit `folder`; the commit sha."""
+                  token: str | None = None, endpoint: str | None = None, repo_type: str = "model") -> str:
+    """Create the repo (a model repo, or a `dataset` one) if needed (`private` applies then) and
+    commit `folder`; the commit sha."""
     repo_id = check_repo_id(repo_id)
+    if repo_type not in REPO_TYPES:
+        raise XtlError(f"unknown repo type {repo_type!r}", where="repo_type", fix="use model or dataset")
     hf = api(token, endpoint)
     with hub_errors("create", repo_id):
-        hf.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        hf.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type)
     with hub_errors("upload to", repo_id):
-        info = hf.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
+        info = hf.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type=repo_type,
                                 commit_message=commit_message)
     return check_sha(info.oid)

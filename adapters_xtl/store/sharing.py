@@ -1,12 +1,14 @@
 """Share registry modules on the Hugging Face Hub: push, pull, and import other libraries' repos.
 
-A pushed repo holds one module version exactly as the registry stores it, plus an export for the
-library that can load it without adapters_xtl::
+A pushed repo is an ordinary peft or adapters repo first (its root is what those libraries load
+by themselves, head included where it computes the same: `store.native`), with our module beside
+it exactly as the registry stores it::
 
-    manifest.json        provenance + sha256 of every file (hub: {repo_id})
+    adapter_config.json, ...  the peft / adapters export (`store.native.write_root`)
+    manifest.json        provenance + sha256 of every file of ours (hub: {repo_id}; card: the
+                         card's facts, `store.cardfacts`)
     weights.safetensors  module and head weights (our naming)
     README.md            the model card (store.card), rendered for this repo
-    peft/ | adapters/    `xtl registry export` output (peft for LoRA, adapters for bottleneck)
 
 `push` verifies the module, stages that folder and uploads it as one commit, then records the
 commit in the local manifest (`hub: {repo_id, revision}`). `pull` resolves a branch/tag/commit
