@@ -317,10 +317,11 @@ def _train_config(raw: dict, where: str):
                        where=where, fix=f"training fields: {', '.join(TrainConfig.model_fields)}") from None
 
 
-def check_recipe(recipe: Recipe) -> None:
+def check_recipe(recipe: Recipe, *, need_targets: bool = True) -> None:
     """What the recipe's types cannot say, checked before any work (a dry run included): its
-    backbone can be loaded, it has targets, every task it names exists, and every entry's merged
-    training settings are valid (`train.steps: "abc"` fails here, not hours into a grid)."""
+    backbone can be loaded, it has targets (a study of intermediates alone may have none), every
+    task it names exists, and every entry's merged training settings are valid (`train.steps:
+    "abc"` fails here, not hours into a grid)."""
     from .methods import get_method
     from .tasks import get_task
 
@@ -329,7 +330,7 @@ def check_recipe(recipe: Recipe) -> None:
     with _at(f"{where}: method"):
         method = get_method(recipe.method)
     method.make_config(recipe.method_config, where=f"{where}: method_config")
-    if not recipe.targets:
+    if need_targets and not recipe.targets:
         raise XtlError("the recipe has no targets: nothing to train or evaluate", where=f"{where}: targets",
                        fix="targets: [{task: sib200}]")
     with _at(f"{where}: tasks_dir"):

@@ -75,7 +75,7 @@ def default_recipe(name: str) -> Path:
 
 def load_study(name: str, path: str | Path | None = None, data_dir: str | Path | None = None):
     """(Recipe, study config) from a study recipe: a recipe plus a ``study:`` section."""
-    from adapters_xtl.recipe import Recipe, _read_yaml
+    from adapters_xtl.recipe import Recipe, _read_yaml, check_recipe
 
     study = get_study(name)
     config_cls = study.config_cls
@@ -108,6 +108,8 @@ def load_study(name: str, path: str | Path | None = None, data_dir: str | Path |
     if cfg.kind and cfg.kind != name:
         raise XtlError(f"this recipe is for study {cfg.kind!r}, not {name!r}", where=str(path),
                        fix=f"run `xtl study {cfg.kind}`, or pass a {name} recipe")
+    # its tasks, backbone and training settings, as `xtl run` checks them, before any work
+    check_recipe(recipe, need_targets=False)
     return recipe, cfg
 
 
