@@ -385,3 +385,75 @@ def test_report_push_bad_input(hub, tmp_path, capsys):  # noqa: F811
     assert not (tmp_path / "run" / "report.md").exists() and hub.log == []
     with pytest.raises(XtlError, match="cannot name a file"):
         push_results(tmp_path / "run", "xtl-lab/r", run_name="../x")
+
+
+def test_a_stacked_module_is_pushed_and_pulled_with_its_parts(hub, bench, tmp_path):  # noqa: F811
+    from huggingface_hub import ModelCard
+
+    from adapters_xtl.store.sharing import pull
+
+    reg, bbs, tasks = bench
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train_module(bbs["lora"], str(tasks["mean"]), name="inter-lora", method="lora", registry=reg,
+                     train_config=QUICK)
+        train_module(bbs["lora"], str(tasks["cls"]), name="stack-lora", method="lora", registry=reg,
+                     train_config=QUICK, composition={"kind": "stack", "modules": ["inter-lora"]})
+    part = reg.manifest("inter-lora")
+    assert part.hub is None
+    pushed = push(reg, "stack-lora", repo_id="xtl-lab/stack-lora")  # the part goes first, to xtl-lab/inter-lora
+    assert "xtl-lab/inter-lora" in hub.repos and reg.manifest("inter-lora").hub["repo_id"] == "xtl-lab/inter-lora"
+    files = hub.files("xtl-lab/stack-lora")
+    assert "adapter_config.json" not in files  # alone it computes nothing
+    card = ModelCard(files["README.md"].decode())
+    assert f"1. `inter-lora@{part.version}` (toy-sentiment, lora) — [xtl-lab/inter-lora]" in card.text
+    assert "composition-stack" in card.data.tags
+
+    other = Registry(tmp_path / "other")
+    got = pull(other, "xtl-lab/stack-lora")
+    assert got.hub["revision"] == pushed.hub["revision"]
+    again = other.manifest("inter-lora", part.version)  # under the name@version the stack names
+    assert again.files["weights.safetensors"] == part.files["weights.safetensors"]
+    texts = TEXTS[:2]
+    with TaskModule(bbs["lora"], reg, "stack-lora", task=str(tasks["cls"])) as tm:
+        want = tm.predict(texts)
+    with TaskModule(bbs["lora"], other, f"stack-lora@{got.version}", task=str(tasks["cls"])) as tm:
+        assert tm.predict(texts) == want
+    assert pull(other, "xtl-lab/stack-lora") == other.manifest("stack-lora", got.version)  # again: a no-op
+
+
+# ------------------------------------------------------------------------------------ import back
+
+
+def test_a_hub_native_repo_imports_back_with_its_head(hub, bench):  # noqa: F811
+    from adapters_xtl.store.sharing import import_module
+
+    reg, bbs, tasks = bench
+    for name, task in (("cls-lora", "cls"), ("ner-lora", "ner"), ("qa-lora", "qa")):
+        push(reg, name, repo_id=f"xtl-lab/{name}-imp")
+        got = import_module(reg, f"xtl-lab/{name}-imp", task=str(tasks[task]), backbone=bbs["lora"], name=f"{name}-imp")
+        assert got.imported["head"] == "peft" and got.method_config == reg.manifest(name).method_config
+        a, b = reg.load(name)[1], reg.load(f"{name}-imp")[1]
+        assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_a_peft_saved_sequence_classifier_imports_with_its_head(tiny_backbone_dir, tmp_path, registry, bench):
+    from peft import LoraConfig, get_peft_model
+    from transformers import XLMRobertaForSequenceClassification
+
+    from adapters_xtl.errors import XtlError
+    from adapters_xtl.store.sharing import import_module
+
+    _, bbs, tasks = bench
+    torch.manual_seed(3)
+    model = XLMRobertaForSequenceClassification.from_pretrained(str(tiny_backbone_dir), num_labels=2)
+    peft_model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=2, lora_alpha=4,
+                                                  target_modules=["query", "value"]))
+    peft_model.save_pretrained(str(tmp_path / "p"))  # modules_to_save: classifier (+ peft's "score")
+    m = import_module(registry, tmp_path / "p", task=str(tasks["cls"]), backbone=bbs["lora"], name="theirs")
+    head = registry.load("theirs")[1]
+    saved = peft_model.base_model.model.classifier.modules_to_save["default"]
+    assert m.head["pooling"] == "cls" and torch.equal(head["head.dense.weight"], saved.dense.weight)
+    assert torch.equal(head["head.out.bias"], saved.out_proj.bias)
+    with pytest.raises(XtlError, match="reads the <s> token"):  # our mean-pooled task cannot use it
+        import_module(registry, tmp_path / "p", task=str(tasks["mean"]), backbone=bbs["lora"], name="theirs2")

@@ -106,18 +106,21 @@ def _fit_head(fm: ForeignModule, spec, where: str) -> tuple[dict[str, torch.Tens
             raise XtlError(f"the exported head predicts labels {have.get('labels')} but task {spec.name!r} has "
                            f"{want['labels']}", where=where, fix=fix)
         return fm.head, want
-    # adapters' classification head
-    if spec.format != "classification":
-        raise XtlError(f"an adapters classification head cannot serve task {spec.name!r} ({spec.format})",
-                       where=where, fix=fix)
-    if spec.pooling != "cls":
-        raise XtlError(f"adapters' classification head reads the <s> token; task {spec.name!r} pools {spec.pooling!r}",
+    # adapters' classification head, or a peft task model's head (modules_to_save)
+    lib = "a peft" if fm.head_source == "peft" else "an adapters"
+    kind = fm.head_config.get("kind", "classification")
+    if spec.format != kind:
+        raise XtlError(f"{lib} {kind} head cannot serve task {spec.name!r} ({spec.format})", where=where, fix=fix)
+    if kind == "classification" and spec.pooling != "cls":
+        raise XtlError(f"{lib} classification head reads the <s> token; task {spec.name!r} pools {spec.pooling!r}",
                        where=where, fix="set `pooling: cls` in the task, or import without the head (--no-head)")
+    if kind == "span_qa":
+        return dict(fm.head), want
     labels = list(spec.labels)
     n = fm.head_config["num_labels"]
     label2id = fm.head_config.get("label2id") or {}
     if n != len(labels):
-        raise XtlError(f"the adapters head has {n} outputs; task {spec.name!r} has {len(labels)} labels",
+        raise XtlError(f"{lib} head has {n} outputs; task {spec.name!r} has {len(labels)} labels",
                        where=where, fix=fix)
     head = dict(fm.head)
     if label2id:
@@ -127,7 +130,8 @@ def _fit_head(fm: ForeignModule, spec, where: str) -> tuple[dict[str, torch.Tens
         order = torch.tensor([int(label2id[label]) for label in labels])
         head["out.weight"], head["out.bias"] = head["out.weight"][order], head["out.bias"][order]
     else:
-        log.warning("the adapters head has no label2id; assuming it follows the task's label order %s", labels)
+        log.warning("the %s head names no labels; assuming it follows the task's label order %s",
+                    fm.head_source, labels)
     return head, want
 
 

@@ -215,7 +215,7 @@ class ForeignModule:
     module: dict[str, torch.Tensor]  # our `split_weights` naming (placeholder for the module name)
     head: dict[str, torch.Tensor] = field(default_factory=dict)
     head_config: dict[str, Any] = field(default_factory=dict)  # our manifest `head` ({} = none)
-    head_source: str | None = None  # "adapters_xtl" | "adapters" | None
+    head_source: str | None = None  # "adapters_xtl" | "adapters" | "peft" (a task model's head) | None
     base_model: str | None = None
     library_version: str | None = None
     original_config: dict[str, Any] = field(default_factory=dict)
@@ -252,9 +252,48 @@ def read_folder(folder: str | Path) -> ForeignModule:
     return fm
 
 
+# peft task types whose `modules_to_save` head maps onto ours: task_type -> (head modules peft
+# lists, their saved keys -> ours, our head kind). A task model's head that peft saved next to the
+# adapter (`base_model.model.classifier.dense.weight`, without peft's modules_to_save infix).
+_PEFT_TASK_HEADS = {
+    "SEQ_CLS": (("classifier", "score"), {"classifier.dense.weight": "dense.weight", "classifier.dense.bias": "dense.bias",
+                                          "classifier.out_proj.weight": "out.weight",
+                                          "classifier.out_proj.bias": "out.bias"}, "classification"),
+    "TOKEN_CLS": (("classifier", "score"), {"classifier.weight": "out.weight", "classifier.bias": "out.bias"}, "tagging"),
+    "QUESTION_ANS": (("qa_outputs",), {"qa_outputs.weight": "qa_outputs.weight", "qa_outputs.bias": "qa_outputs.bias"},
+                     "span_qa"),
+}
+
+
+def _task_head_config(cfg: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """`cfg` without a `modules_to_save` that is just a task model's head we map (and its task
+    type); any other `modules_to_save` stays, for the settings check to refuse by name."""
+    mts = cfg.get("modules_to_save")
+    head = _PEFT_TASK_HEADS.get(cfg.get("task_type"))
+    if mts and head and isinstance(mts, (list, tuple)) and set(mts) <= set(head[0]):
+        return {**cfg, "modules_to_save": None}, cfg["task_type"]
+    return cfg, None
+
+
+def _peft_task_head(raw_head: dict[str, torch.Tensor], task_type: str, fm: "ForeignModule", where: str) -> None:
+    _, names, kind = _PEFT_TASK_HEADS[task_type]
+    if set(raw_head) != set(names):
+        raise XtlError(f"the saved {task_type} head has {sorted(raw_head)}; adapters_xtl maps {sorted(names)} (the "
+                       "XLM-R task models' heads)", where=where,
+                       fix="import without the head (--no-head) and train a head on top")
+    fm.head = {names[k]: v for k, v in raw_head.items()}
+    fm.head_source = "peft"
+    fm.head_config = {"kind": kind}
+    if kind != "span_qa":
+        fm.head_config["num_labels"] = int(fm.head["out.weight"].shape[0])
+    if kind == "classification":
+        fm.head_config["pooling"] = "cls"
+
+
 def _read_peft(folder: Path, cfg: dict[str, Any]) -> ForeignModule:
     where = str(folder / CONFIG)
     method = "ia3" if cfg.get("peft_type") == "IA3" else "lora"
+    cfg, task_head = _task_head_config(cfg)
     settings = ia3_settings_from_peft(cfg, where) if method == "ia3" else lora_settings_from_peft(cfg, where)
     wpath = _pick(folder, [PEFT_WEIGHTS, PEFT_WEIGHTS_BIN])
     if wpath is None:
@@ -263,9 +302,14 @@ def _read_peft(folder: Path, cfg: dict[str, Any]) -> ForeignModule:
     raw = read_tensors(wpath)
     keys = _PEFT_KEYS_IA3 if method == "ia3" else (_PEFT_KEYS_DORA if settings.get("use_dora") else _PEFT_KEYS_LORA)
     module: dict[str, torch.Tensor] = {}
+    raw_head: dict[str, torch.Tensor] = {}
     bad = []
+    head_prefixes = tuple(f"{m}." for m in _PEFT_TASK_HEADS[task_head][0]) if task_head else ()
     for key, value in raw.items():
         k = key[len("base_model.model."):] if key.startswith("base_model.model.") else key
+        if task_head and k.startswith(head_prefixes):
+            raw_head[k] = value
+            continue
         k = _strip_model_prefix(k)
         ours = _peft_to_ours(k, keys)
         if ours is None:
@@ -286,9 +330,12 @@ def _read_peft(folder: Path, cfg: dict[str, Any]) -> ForeignModule:
     if not module:
         raise XtlError(f"{wpath.name} holds no {method.upper()} weights", where=str(wpath),
                        fix="save the trained adapter")
-    return ForeignModule(library="peft", method=method, method_config=settings, module=module,
-                         base_model=cfg.get("base_model_name_or_path") or None,
-                         library_version=cfg.get("peft_version"), original_config=cfg)
+    fm = ForeignModule(library="peft", method=method, method_config=settings, module=module,
+                       base_model=cfg.get("base_model_name_or_path") or None,
+                       library_version=cfg.get("peft_version"), original_config=cfg)
+    if raw_head:
+        _peft_task_head(raw_head, task_head, fm, str(wpath))
+    return fm
 
 
 def _read_adapters(folder: Path, cfg: dict[str, Any]) -> ForeignModule:

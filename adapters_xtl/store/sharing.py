@@ -36,7 +36,7 @@ from .cardfacts import card_facts
 from .convert import import_folder
 from .layout import README, WEIGHTS, check_file_name, check_name, check_version, sha256_file
 from .manifest import MANIFEST, Manifest, read_manifest
-from .native import plan, write_root
+from .native import COMPOSED_KINDS, plan, write_root
 from .registry import Registry
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,13 @@ def push(
     endpoint: str | None = None,
     commit_message: str | None = None,
     exports: bool = True,
+    parts: bool = True,
 ) -> Manifest:
     """Upload one module version (default: latest) to a model repo; return the updated manifest.
+
+    A stacked, fused or merged module needs its intermediates: with `parts`, each one that is not
+    on the Hub yet is pushed first, to `<org>/<its name>`, and the card links them all, so that
+    `pull` can bring them.
 
     The module is verified (sha256 of every file) before anything is uploaded; afterwards the
     local manifest records `hub: {repo_id, revision}` with the commit that was made. `repo_id`
@@ -72,6 +77,9 @@ def push(
         log.warning("backbone %r is not a Hub model id: the card of %s has no base_model (the Hub will not link "
                     "the module to its backbone; train on a Hub backbone id to get one)", m.backbone.model_id, repo_id)
     native = plan(m, tensors)
+    if native.parts and parts:
+        _push_parts(registry, native.parts, owner=repo_id.split("/")[0], private=private, token=token,
+                    endpoint=endpoint, exports=exports)
     facts = card_facts(registry, m, native.to_dict())
     stage = Path(tempfile.mkdtemp(prefix="xtl-push-"))
     try:
@@ -104,6 +112,31 @@ def push(
     return registry.set_hub(m.name, m.version, {"repo_id": repo_id, "revision": sha})
 
 
+def _push_parts(registry: Registry, refs: list[str], *, owner: str, **kw) -> None:
+    for ref in refs:
+        pname, _, pver = ref.partition("@")
+        pm = registry.manifest(pname, pver or None)  # a missing part fails before anything is uploaded
+        if not (pm.hub and pm.hub.get("repo_id") and pm.hub.get("revision")) or pm.hub.get("lazy"):
+            log.info("pushing part %s first", ref)
+            push(registry, pm.name, pm.version, repo_id=f"{owner}/{pm.name}", **kw)
+
+
+def _pull_parts(registry: Registry, m: Manifest, **kw) -> None:
+    """Register the intermediates a composed module needs under the `name@version` it names them by."""
+    if (m.composition or {}).get("kind") not in COMPOSED_KINDS:
+        return
+    facts = ((m.model_extra or {}).get("card") or {}).get("parts") or []
+    for part in facts:
+        ref, hubinfo = str(part.get("ref", "")), part.get("hub") or {}
+        pname, _, pver = ref.partition("@")
+        if not hubinfo.get("repo_id") or not hubinfo.get("revision"):
+            log.warning("part %s of %s is not on the Hub: register it under that name and version yourself "
+                        "(train it, or pull it with --name %s --version %s)", ref, m.name, pname, pver)
+            continue
+        pull(registry, f"{hubinfo['repo_id']}@{hubinfo['revision']}", name=pname, version=pver or None,
+             reuse_identical=True, **kw)
+
+
 def pull(
     registry: Registry,
     spec: str,
@@ -114,8 +147,13 @@ def pull(
     token: str | None = None,
     endpoint: str | None = None,
     max_bytes: int | str | None = None,
+    reuse_identical: bool = False,
 ) -> Manifest:
     """Register a module pushed by `push` from `org/name[@revision]`; return its manifest.
+
+    A stacked, fused or merged module comes with its parts: each intermediate the card links is
+    pulled too and registered under the `name@version` the composition names (one already there
+    with the same weights is kept).
 
     The revision (default main) is resolved to a commit sha first and everything is read from
     that commit. The module is registered as `name` (default: the pushed name) and version
@@ -147,9 +185,10 @@ def pull(
         if (registry.root / name / version / MANIFEST).is_file():
             existing = registry.manifest(name, version)
             pinned = existing.hub or {}
-            if pinned.get("repo_id") == repo_id and pinned.get("revision") == sha:
-                return existing if lazy else registry.materialize(name, version, token=token, endpoint=endpoint,
-                                                                  max_bytes=limit)
+            same = reuse_identical and existing.files.get(WEIGHTS) == remote.files.get(WEIGHTS)
+            if (pinned.get("repo_id") == repo_id and pinned.get("revision") == sha) or same:
+                return existing if lazy or same else registry.materialize(name, version, token=token,
+                                                                          endpoint=endpoint, max_bytes=limit)
             raise XtlError(f"module {name!r} already has version {version!r} (from {pinned or 'elsewhere'})",
                            where=str(registry.root / name / version),
                            fix="pass --name or --version to register the pulled module under another name")
@@ -165,6 +204,8 @@ def pull(
                                                      "hub": {"repo_id": repo_id, "revision": sha}})
         if card is None or GENERATED_MARKER in card:
             card = render_card(local.model_copy(update={"hub": {"repo_id": repo_id, "revision": sha, "lazy": True}}))
+        # the parts first: a part that cannot be pulled leaves nothing of this module behind
+        _pull_parts(registry, remote, lazy=lazy, token=token, endpoint=endpoint, max_bytes=limit)
         m = registry.save_stub(local, card=card, version=version)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
