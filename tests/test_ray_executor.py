@@ -113,6 +113,12 @@ def test_ray_gives_the_local_rows_and_weights_and_a_rerun_is_cached(local_ray, r
     before = results.read_text()
     xtl.run(plan, root / "ray", registry=Registry(root / "reg-ray"), executor=ex, progress=lambda ev: None)
     assert results.read_text() == before and ex.stats["workers_started"] == 0  # no worker even started
+    # the same through the command line: served from the cache, then the report
+    from adapters_xtl.cli import main
+
+    assert main(["run", str(root / "grid.yaml"), "--executor", "ray", "--workers", "2", "--out", str(root / "ray"),
+                 "--registry", str(root / "reg-ray")]) == 0
+    assert results.read_text() == before and (root / "ray" / "report.md").exists()
 
 
 def test_a_worker_killed_mid_cell_is_retried_on_another(local_ray, reference):
@@ -171,7 +177,7 @@ def test_a_user_error_fails_its_cell_once_and_the_others_finish(local_ray, tmp_p
     assert {r["cell"] for r in read_results(tmp_path / "run" / "results.jsonl")} == {good_cell.key}
 
 
-def test_cli_ray_options(tmp_path, monkeypatch):
+def test_cli_ray_options(tmp_path, monkeypatch, capsys):
     """Ray's options without `--executor ray` are refused, bad values are XtlErrors, and without
     ray installed `--executor ray` says how to install it; all exit 2 before any work."""
     import sys
@@ -191,5 +197,7 @@ def test_cli_ray_options(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
     with pytest.raises(XtlError, match=r"adapters_xtl\[scale\]"):
         RayExecutor(workers=1)
+    capsys.readouterr()
     assert main(["run", str(recipe), "--executor", "ray", "--out", str(tmp_path / "o")]) == 2
+    assert 'pip install "adapters_xtl[scale]"' in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # nothing written
