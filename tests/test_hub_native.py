@@ -36,13 +36,13 @@ def bench(tiny_backbone_dir, tmp_path_factory):
     ner_task = write_ner_task(root / "ner")
     (root / "qa").mkdir()
     qa_task = write_qa_task(root / "qa", "tiny-squad")
-    # one backbone per library (peft and adapters wrap the same layers)
-    bbs = {"lora": load_backbone(str(tiny_backbone_dir)), "bottleneck": load_backbone(str(tiny_backbone_dir))}
+    # one backbone per library (peft's LoRA, its IA3 and adapters each wrap the same layers)
+    bbs = {m: load_backbone(str(tiny_backbone_dir)) for m in ("lora", "ia3", "bottleneck")}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name, task, method, data_dir in (("cls-lora", cls_task, "lora", None), ("mean-lora", mean_task, "lora", None),
                                              ("ner-lora", ner_task, "lora", None), ("qa-lora", qa_task, "lora", root / "qa"),
-                                             ("cls-bn", cls_task, "bottleneck", None),
+                                             ("cls-bn", cls_task, "bottleneck", None), ("cls-ia3", cls_task, "ia3", None),
                                              ("ner-bn", ner_task, "bottleneck", None)):
             train_module(bbs[method], str(task), name=name, method=method, registry=reg, train_config=QUICK,
                          **({"data_dir": data_dir} if data_dir else {}))
@@ -104,6 +104,22 @@ def test_peft_sequence_classification_from_the_hub_predicts_like_xtl(hub, bench,
     head = reg.load("cls-lora")[1]
     assert torch.equal(model.base_model.model.classifier.modules_to_save["default"].out_proj.weight,
                        head["head.out.weight"])
+
+
+def test_an_ia3_classifier_loads_with_peft_and_predicts_like_xtl(hub, bench, tiny_backbone_dir):  # noqa: F811
+    from peft import PeftModel
+    from transformers import XLMRobertaForSequenceClassification
+
+    reg, _, tasks = bench
+    push(reg, "cls-ia3", repo_id="xtl-lab/cls-ia3")
+    model = PeftModel.from_pretrained(
+        XLMRobertaForSequenceClassification.from_pretrained(str(tiny_backbone_dir), num_labels=2), "xtl-lab/cls-ia3").eval()
+    assert model.peft_config["default"].peft_type.value == "IA3"
+    with torch.no_grad():
+        probs = model(**tokenizer(tiny_backbone_dir)(TEXTS, padding=True, return_tensors="pt")).logits.softmax(-1)
+    ours = xtl_predict(bench, "cls-ia3", tasks["cls"], TEXTS)
+    for p, o in zip(probs, ours):
+        assert p.tolist() == pytest.approx([o["probabilities"][x] for x in ("positive", "negative")], abs=1e-5)
 
 
 def test_the_cards_peft_snippet_runs_and_agrees(hub, bench, tiny_backbone_dir):  # noqa: F811
@@ -457,3 +473,45 @@ def test_a_peft_saved_sequence_classifier_imports_with_its_head(tiny_backbone_di
     assert torch.equal(head["head.out.bias"], saved.out_proj.bias)
     with pytest.raises(XtlError, match="reads the <s> token"):  # our mean-pooled task cannot use it
         import_module(registry, tmp_path / "p", task=str(tasks["mean"]), backbone=bbs["lora"], name="theirs2")
+
+
+def test_export_refuses_a_stacked_module(bench, tmp_path):
+    from adapters_xtl.errors import XtlError
+    from adapters_xtl.store.convert import export_module
+
+    reg, bbs, tasks = bench
+    if "stack-lora" not in {m.name for m in reg.list()}:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            train_module(bbs["lora"], str(tasks["cls"]), name="stack-lora", method="lora", registry=reg,
+                         train_config=QUICK, composition={"kind": "stack", "modules": ["mean-lora"]})
+    with pytest.raises(XtlError, match="trained as a stack over"):
+        export_module(reg, "stack-lora", tmp_path / "out", fmt="peft")
+    assert not (tmp_path / "out").exists()
+
+
+def test_hostile_card_facts_stay_inert():
+    """The `card` facts travel in pulled manifests: any text in them must stay inert too."""
+    from markdown_it import MarkdownIt
+
+    from adapters_xtl.store.card import front_matter, parse_front_matter, render_card
+
+    bad = 'x"y\'z\n---\nevil: 1\n```\n<img src=x onerror=alert(1)> [l](http://e) `t`'
+    m = _xnli_manifest(composition={"kind": "stack", "modules": [bad, "ok@1"]},
+                       hub={"repo_id": "my-lab/x", "revision": "c" * 40})
+    m.__pydantic_extra__["card"] = {
+        "datasets": [bad, "facebook/xnli"], "license": bad, "licenses": {bad: bad},
+        "eval": {"dataset": bad, "name": bad, "configs": {"de": bad}, "splits": {"de": bad}},
+        "native": {"library": bad, "model_class": bad, "labels": [bad], "why_not": bad, "head_in_library": True},
+        "parts": [{"ref": bad, "task": bad, "method": bad, "hub": {"repo_id": bad, "revision": bad}},
+                  {"ref": "ok@1", "hub": {"repo_id": "my-lab/ok", "revision": bad}}]}
+    card = render_card(m)
+    assert parse_front_matter(card) == front_matter(m) and "evil" not in parse_front_matter(card)
+    assert parse_front_matter(card)["datasets"] == ["facebook/xnli"]
+    body = card.split("\n---\n", 1)[1]
+    assert not [line for line in body.splitlines() if line.startswith(("---", "evil", "<img"))]
+    for block in python_blocks(card):
+        ast.parse(block)
+    html = MarkdownIt("commonmark").enable("table").render(body)
+    assert "<img" not in html and '<a href="http://e"' not in html
+    assert '<a href="https://huggingface.co/my-lab/ok">' in html  # a bad revision is dropped, the repo kept

@@ -365,7 +365,7 @@ def test_model_cards_quote_hostile_values(method):
     card = render_card(m)
     assert parse_front_matter(card) == front_matter(m)  # the front matter ends where it should
     assert set(front_matter(m)) <= {"library_name", "base_model", "base_model_relation", "tags", "language",
-                                    "metrics", "model-index", "datasets"}
+                                    "metrics", "model-index", "datasets", "pipeline_tag", "license", "license_name"}
     body = card.split("\n---\n", 1)[1]
     lines = body.splitlines()
     assert not [line for line in lines if line.startswith(("---", "evil", "<img"))]

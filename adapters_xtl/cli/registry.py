@@ -90,15 +90,23 @@ def registry_push(
     repo_id: Optional[str] = typer.Option(None, help="Hub repo ORG/NAME (default: <your user>/<name>)"),
     private: bool = typer.Option(False, "--private", help="create the repo as private"),
     message: Optional[str] = typer.Option(None, help="commit message"),
-    exports: bool = typer.Option(True, help="also upload the peft/adapters export (peft/ or adapters/)"),
+    exports: bool = typer.Option(True, help="make the repo root a peft / adapters repo (the export that loads "
+                                            "without adapters_xtl)"),
+    parts: bool = typer.Option(True, help="push a stacked / fused / merged module's intermediates first (those "
+                                          "not on the Hub yet)"),
     registry: Optional[Path] = typer.Option(None),
 ):
-    """Upload a module (weights, manifest, model card, peft/adapters export) to the Hugging Face Hub."""
+    """Upload a module to the Hugging Face Hub as an ordinary peft / adapters repo (head included
+    where those libraries compute it exactly), with our weights, manifest and model card beside."""
+    from ..store.card import base_model
     from ..store.sharing import push
 
     m = push(_registry(registry), name, version, repo_id=repo_id, private=private, commit_message=message,
-             exports=exports)
+             exports=exports, parts=parts)
     console.print(f"pushed {m.name} v{m.version} to {m.hub['repo_id']} at commit {m.hub['revision']}")
+    if base_model(m.backbone.model_id) is None:
+        console.print(f"note: the backbone {m.backbone.model_id!r} is a local folder, not a Hub model id, so the "
+                      "card has no base_model", markup=False)
 
 
 @registry_app.command("pull")

@@ -150,6 +150,9 @@ PIPELINE_TAGS = {
     "multiple_choice": "multiple-choice",
     "retrieval": "feature-extraction",
 }
+# the transformers classes a root export may load onto (store.native)
+MODEL_CLASSES = ("XLMRobertaModel", "XLMRobertaForSequenceClassification", "XLMRobertaForTokenClassification",
+                 "XLMRobertaForQuestionAnswering", "XLMRobertaAdapterModel")
 # the libraries a repo root is exported for -> the Hub's `library_name`
 HUB_LIBRARIES = {"peft": "peft", "adapters": "adapter-transformers"}
 
@@ -165,6 +168,12 @@ def _native(manifest: Manifest) -> dict[str, Any]:
     any push, what a push would export, as far as the manifest tells."""
     native = card_facts(manifest).get("native")
     if isinstance(native, dict):
+        # the facts come from a manifest (hand-edited, pulled): only known names reach code
+        native = dict(native)
+        if native.get("library") not in HUB_LIBRARIES:
+            native.pop("library", None)
+        if native.get("model_class") not in MODEL_CLASSES:
+            native["model_class"] = "XLMRobertaModel"
         return native
     comp = (manifest.composition or {}).get("kind")
     lib = EXPORT_FORMATS.get(manifest.method)
@@ -394,7 +403,11 @@ def _parts_section(m: Manifest) -> list[str]:
     for i, ref in enumerate(refs, 1):
         p = known.get(ref, {})
         hub = p.get("hub") or {}
-        where = f" — {_hub_link(hub['repo_id'], hub.get('revision'))}" if hub.get("repo_id") else " — not on the Hub"
+        repo, rev = hub.get("repo_id"), hub.get("revision")
+        if isinstance(repo, str) and _REPO_ID.match(repo) and "/" in repo:
+            where = f" — {_hub_link(repo, rev if isinstance(rev, str) and re.fullmatch('[0-9a-f]{40}', rev) else None)}"
+        else:
+            where = " — not on the Hub"
         what = f" ({_text(p['task'])}, {_text(p['method'])})" if p.get("task") else ""
         lines.append(f"{i}. {_span(ref)}{what}{where}")
     if needs:

@@ -271,6 +271,13 @@ def export_module(
     if want != fmt:
         raise XtlError(f"module {name!r} is a {manifest.method} module; it exports to {want or 'no library'}, not {fmt}",
                        where="--format", fix=f"use --format {want}" if want else "export a lora, ia3 or bottleneck module")
+    kind = (manifest.composition or {}).get("kind")
+    if kind in ("stack", "fuse", "merge"):
+        parts = ", ".join(map(str, (manifest.composition or {}).get("modules") or []))
+        raise XtlError(f"module {name!r} was trained as a {kind} over {parts}: alone, {fmt} would compute something "
+                       "else", where=f"module {name!r}",
+                       fix="export each part and load them in the order the module card lists, or share the whole "
+                       "composition with `xtl registry push` (its parts go along)")
     other = sorted(k for k in tensors if not k.startswith(("module.", "head.")))
     if other:
         raise XtlError(f"module {name!r} holds weights {fmt} has no place for (e.g. {other[:2]}): a fused or "
