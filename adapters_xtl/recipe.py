@@ -108,6 +108,7 @@ class Recipe(BaseModel):
     targets: list[TargetSpec] = Field(default_factory=list)
     compositions: list[CompositionSpec] = Field(default_factory=lambda: [CompositionSpec(kind="single")])
     reuse_registry: bool = True
+    tracker: str | None = None  # tensorboard | trackio | mlflow | wandb (docs/tracking.md); --tracker overrides
     tasks_dir: list[str] = Field(default_factory=list)  # user task folders (relative to the recipe)
     file: str | None = None
 
@@ -330,6 +331,10 @@ def check_recipe(recipe: Recipe, *, need_targets: bool = True) -> None:
     with _at(f"{where}: method"):
         method = get_method(recipe.method)
     method.make_config(recipe.method_config, where=f"{where}: method_config")
+    if recipe.tracker is not None:
+        from .tracking import check_tracker
+
+        check_tracker(recipe.tracker, f"{where}: tracker")
     if need_targets and not recipe.targets:
         raise XtlError("the recipe has no targets: nothing to train or evaluate", where=f"{where}: targets",
                        fix="targets: [{task: sib200}]")

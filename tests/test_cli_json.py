@@ -58,3 +58,46 @@ def test_eval_json_prints_the_scores_and_sends_the_table_to_stderr(trained, tiny
     assert got["module"] == "toy@1" and got["task"] == "toy-sentiment" and got["results"] == str(results)
     assert got["scores"]["de"]["accuracy"] == pytest.approx(tm.scores["de"]["accuracy"])
     assert "toy@1 on toy-sentiment" in err  # the table, for a person, on stderr
+
+
+def _small_recipe(tmp_path, tiny_backbone_dir, **extra):
+    import yaml
+
+    a = write_toy_task(tmp_path / "a")
+    r = tmp_path / "grid.yaml"
+    r.write_text(yaml.safe_dump({
+        "name": "grid", "backbone": str(tiny_backbone_dir), "method": "lora", "seeds": [1],
+        "train": {"steps": 6, "batch_size": 8, "eval_every": 3, "lr": 0.005, "log_every": 3},
+        "intermediate": [{"task": str(a), "name": "ia"}], "targets": [{"task": str(a)}],
+        "compositions": ["single", "stack"], **extra}))
+    return r
+
+
+def test_run_dry_run_json_is_the_plan_and_its_estimate_and_writes_nothing(tmp_path, tiny_backbone_dir):
+    recipe = _small_recipe(tmp_path, tiny_backbone_dir)
+    got, err = json_of(["run", str(recipe), "--dry-run", "--json", "--out", str(tmp_path / "run"),
+                        "--registry", str(tmp_path / "reg")])
+    assert got["recipe"] == "grid" and got["cells"] == 2 and len(got["plan"]) == 2
+    assert {c["composition"] for c in got["plan"]} == {"single", "stack"} and not any(c["cached"] for c in got["plan"])
+    assert got["estimate"]["hours"] >= 0 and got["training_steps"] > 0
+    assert "plan: grid" in err and not (tmp_path / "run").exists()
+
+
+def test_run_json_with_a_tracker_reports_the_outcome_and_logs_every_module(tmp_path, tiny_backbone_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    recipe = _small_recipe(tmp_path, tiny_backbone_dir, tracker="tensorboard")  # the recipe key
+    out = tmp_path / "run"
+    got, err = json_of(["run", str(recipe), "--json", "--out", str(out), "--registry", str(tmp_path / "reg")])
+    assert got["results"] == str(out / "results.jsonl") and got["rows"] > 0 and got["tracker"] == "tensorboard"
+    runs = sorted(p.name for p in (out / "tracking").iterdir())
+    assert "ia" in runs and len(runs) >= 2  # the intermediate and the target modules, one run each
+    for name in runs:
+        acc = EventAccumulator(str(out / "tracking" / name))
+        acc.Reload()
+        tags = acc.Tags()["scalars"]
+        assert "train/loss" in tags
+        if name != "ia":  # target modules: their zero-shot scores at the end of the run
+            assert any(t.startswith("zero-shot/de/") for t in tags), (name, tags)
+    rc, _, err = xtl_cli(["run", str(recipe), "--tracker", "tensorbored", "--out", str(tmp_path / "o2")])
+    assert rc == 2 and "unknown tracker 'tensorbored'" in err and not (tmp_path / "o2").exists()

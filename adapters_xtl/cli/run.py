@@ -11,7 +11,8 @@ from rich.table import Table
 
 from .. import checks
 from ..errors import XtlError
-from .common import console, progress, registry as open_registry
+from ..tracking import check_tracker
+from .common import console, json_output, print_json, progress, registry as open_registry
 
 
 def run(
@@ -30,17 +31,28 @@ def run(
                                                     help="ray: CPUs per worker, also its torch threads (default 1)"),
     gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker",
                                                     help="ray: GPUs per worker; 0.5 puts two on one GPU (default 0)"),
+    tracker: Optional[str] = typer.Option(None, "--tracker", help="tensorboard | trackio | mlflow | wandb (default: "
+                                          "the recipe's `tracker:`, else none); see docs/tracking.md"),
+    tracker_dir: Optional[Path] = typer.Option(None, "--tracker-dir", help="where the tracker writes "
+                                               "(default <out>/tracking)"),
+    as_json: bool = typer.Option(False, "--json", help="print the plan (with --dry-run) or the outcome as one JSON "
+                                 "object; tables and progress go to stderr"),
 ):
     """Run a recipe: train/reuse intermediate modules, run every cell, write results and a report."""
     from ..api import Recipe
 
-    checks.input_dir(data_dir, "--data-dir")
-    ex = make_executor(executor, address=address, workers=workers, cpus_per_worker=cpus_per_worker,
-                       gpus_per_worker=gpus_per_worker, device=device)
-    overrides = {"data_dir": str(data_dir.resolve())} if data_dir else None
-    plan = Recipe.load(recipe, overrides).expand()  # the whole recipe is checked here (recipe.check_recipe)
-    run_plan_and_report(plan, out or Path("runs") / plan.recipe.name, dry_run=dry_run, registry=registry, device=device,
-                        executor=ex)
+    with json_output(as_json):
+        checks.input_dir(data_dir, "--data-dir")
+        ex = make_executor(executor, address=address, workers=workers, cpus_per_worker=cpus_per_worker,
+                           gpus_per_worker=gpus_per_worker, device=device)
+        overrides = {"data_dir": str(data_dir.resolve())} if data_dir else None
+        plan = Recipe.load(recipe, overrides).expand()  # the whole recipe is checked here (recipe.check_recipe)
+        tracker = check_tracker(tracker if tracker is not None else getattr(plan.recipe, "tracker", None),
+                                "--tracker" if tracker is not None else f"{plan.recipe.file or 'recipe'}: tracker")
+        out = out or Path("runs") / plan.recipe.name
+        checks.output_dir(tracker_dir, "--tracker-dir")
+        run_plan_and_report(plan, out, dry_run=dry_run, registry=registry, device=device, executor=ex,
+                            tracker=tracker, tracker_dir=tracker_dir or out / "tracking", as_json=as_json)
 
 
 EXECUTORS = ("local", "ray")
@@ -84,14 +96,17 @@ def check_run_options(plan, out: Path, *, registry: Optional[Path], device: Opti
 
 
 def run_plan_and_report(plan, out: Path, *, dry_run: bool, registry: Optional[Path], device: Optional[str],
-                        executor=None):
+                        executor=None, tracker: Optional[str] = None, tracker_dir: Optional[Path] = None,
+                        as_json: bool = False):
     check_run_options(plan, out, registry=registry, device=device, dry_run=dry_run)
     with plan.recipe.catalog().active():  # the recipe's tasks_dir names its tasks for the plan table too
-        _run_plan_and_report(plan, out, dry_run=dry_run, registry=registry, device=device, executor=executor)
+        _run_plan_and_report(plan, out, dry_run=dry_run, registry=registry, device=device, executor=executor,
+                             tracker=tracker, tracker_dir=tracker_dir, as_json=as_json)
 
 
 def _run_plan_and_report(plan, out: Path, *, dry_run: bool, registry: Optional[Path], device: Optional[str],
-                         executor=None):
+                         executor=None, tracker: Optional[str] = None, tracker_dir: Optional[Path] = None,
+                         as_json: bool = False):
     from ..api import run as api_run
     from ..evaluation import read_results
     from ..reporting import load_predictions, rich_tables, score_table, write_report
@@ -103,25 +118,51 @@ def _run_plan_and_report(plan, out: Path, *, dry_run: bool, registry: Optional[P
     t = Table(title=f"plan: {plan.recipe.name} ({plan.recipe.backbone}, {plan.recipe.method}, {plan.recipe.quantization})")
     for col in ("#", "target", "composition", "intermediate", "seed", "status"):
         t.add_column(col)
+    cells = []
     for i, c in enumerate(plan.cells, 1):
         done = (out / "cells" / f"{c.key}.json").exists()
         t.add_row(str(i), c.target, c.composition, "+".join(c.intermediates) or "-", str(c.seed), "cached" if done else "to run")
+        cells.append({"key": c.key, "target": c.target, "composition": c.composition,
+                      "intermediates": list(c.intermediates), "seed": c.seed, "cached": done})
     console.print(t)
     console.print(f"{info['cells']} cells ({cached} cached); intermediate modules to train: {len(info['modules_to_train'])}, "
                   f"reused: {len(info['modules_reused'])}; training steps to run: {info['training_steps']:,}")
+    summary = {"recipe": plan.recipe.name, "file": plan.recipe.file, "out": str(out), "plan": cells,
+               **{k: v for k, v in info.items() if k != "cells"}, "cells": len(cells)}
     if dry_run:
-        print_estimate(plan, info, device)
+        est = print_estimate(plan, info, device)
+        if as_json:
+            print_json({**summary, "estimate": est})
         return
     t0 = time.perf_counter()
-    with progress() as report:
-        api_run(plan, out, registry=reg, device=device, console=console, progress=report, executor=executor)
+    track = None
+    if tracker:
+        from ..api import Tracker
+
+        track = Tracker(tracker, tracker_dir, project=plan.recipe.name,
+                        config={"recipe": plan.recipe.name, "backbone": plan.recipe.backbone,
+                                "method": plan.recipe.method, "quantization": plan.recipe.quantization})
+    try:
+        with progress() as report:
+            api_run(plan, out, registry=reg, device=device, console=console, progress=report, executor=executor,
+                    tracker=track)
+    finally:
+        if track is not None:
+            track.close()
     path = write_report(out, f"Results: {plan.recipe.name}")
-    for tab in rich_tables(score_table(read_results(out / "results.jsonl"), load_predictions(out))):
+    rows = read_results(out / "results.jsonl")
+    for tab in rich_tables(score_table(rows, load_predictions(out))):
         console.print(tab)
-    console.print(f"done in {time.perf_counter() - t0:.0f}s: {out / 'results.jsonl'}, {path}")
+    seconds = time.perf_counter() - t0
+    console.print(f"done in {seconds:.0f}s: {out / 'results.jsonl'}, {path}"
+                  + (f"; {tracker} logs in {tracker_dir}" if tracker else ""))
+    if as_json:
+        print_json({**summary, "results": str(out / "results.jsonl"), "report": str(path), "rows": len(rows),
+                    "seconds": round(seconds, 1), "tracker": tracker,
+                    "tracker_dir": str(tracker_dir) if tracker else None})
 
 
-def print_estimate(plan, info, device) -> None:
+def print_estimate(plan, info, device) -> dict:
     from ..runner import estimate_hours
 
     est = estimate_hours(plan, info, device=device)
@@ -138,6 +179,7 @@ def print_estimate(plan, info, device) -> None:
                   f"{est['train_hours']:,.2f} h for {est['jobs']} trainings, {est['training_tokens'] / 1e6:,.1f}M "
                   f"training tokens (batch x half the max length per step), and {est['eval_hours']:,.2f} h for "
                   f"{est['evaluations']} evaluations; {'; '.join(how) or 'nothing to run'}.")
+    return est
 
 
 def quickstart(
