@@ -11,7 +11,8 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "Backbone", "TaskCatalog", "LoRA", "Bottleneck", "IA3", "TrainConfig", "Single", "Stack", "Fuse", "Merge",
     "Continue", "MultiTask", "Block", "train", "evaluate", "predict", "Registry", "TaskModule", "Recipe", "run",
-    "report", "study", "suggest", "XtlError", "LocalExecutor", "RayExecutor", "RayExecutor", "Tracker",
+    "report", "study", "suggest", "XtlError", "LocalExecutor", "RayExecutor", "Tracker",
+    "Language", "train_language",
 }
 __all__ = sorted(_PUBLIC) + ["__version__"]
 

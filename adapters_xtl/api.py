@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .backbone import Backbone
-from .compose import Block, Continue, Fuse, Merge, Single, Stack  # noqa: F401  (public)
+from .compose import Block, Continue, Fuse, Language, Merge, Single, Stack  # noqa: F401  (public)
 from .errors import XtlError
 from .methods.base import MethodConfig
 from .methods.bottleneck import BottleneckSettings as Bottleneck
@@ -34,7 +34,7 @@ from .trainer import TrainConfig
 
 __all__ = ["Backbone", "TaskCatalog", "LoRA", "Bottleneck", "TrainConfig", "Single", "Stack", "Fuse", "Merge",
            "Continue", "Block", "MultiTask", "train", "evaluate", "predict", "Registry", "TaskModule", "Recipe", "run", "report", "suggest",
-           "study", "XtlError", "LocalExecutor", "RayExecutor", "Tracker"]
+           "study", "XtlError", "LocalExecutor", "RayExecutor", "Tracker", "Language", "train_language"]
 
 from .executors import LocalExecutor  # noqa: E402
 from .executors.ray import RayExecutor  # noqa: E402  (imports ray only when made)
@@ -44,9 +44,11 @@ class Registry(_StoreRegistry):
     """The module registry (a folder), plus loading a module for inference."""
 
     def load_module(self, ref: str, *, backbone: Backbone, task: "str | TaskSpec | None" = None,
-                    allow_backbone_mismatch: bool = False):
-        """`name` or `name@version` -> a `TaskModule` with `.predict(texts)`."""
-        return TaskModule(backbone, self, ref, task=task, allow_backbone_mismatch=allow_backbone_mismatch)
+                    allow_backbone_mismatch: bool = False, languages: "list[str] | None" = None):
+        """`name` or `name@version` -> a `TaskModule` with `.predict(texts)` (on language modules:
+        `languages` to load besides the ones its manifest pins, `.predict(texts, language=...)`)."""
+        return TaskModule(backbone, self, ref, task=task, allow_backbone_mismatch=allow_backbone_mismatch,
+                          languages=languages)
 
 
 from .inference import TaskModule  # noqa: E402
@@ -248,7 +250,29 @@ def suggest(target: str, languages: "list[str]", **kwargs):
 
 
 def predict(module: "str", texts: "Iterable[str | dict]", *, backbone: Backbone, registry: "Registry | None" = None,
-            task: str | None = None, batch_size: int = 32) -> list[dict]:
-    """Shortcut: load a module, predict, take it off the backbone again."""
-    with (registry or Registry()).load_module(module, backbone=backbone, task=task) as mod:
-        return mod.predict(list(texts), batch_size=batch_size)
+            task: str | None = None, batch_size: int = 32, language: str | None = None) -> list[dict]:
+    """Shortcut: load a module, predict, take it off the backbone again (`language`: the texts'
+    language, for a module trained on language modules)."""
+    with (registry or Registry()).load_module(module, backbone=backbone, task=task,
+                                              languages=[language] if language else None) as mod:
+        return mod.predict(list(texts), batch_size=batch_size, language=language)
+
+
+def train_language(backbone: Backbone, language: str, text: "str | Path | list[str | Path]", *,
+                   method: "MethodConfig | str | None" = "bottleneck", registry: "Registry | None" = None,
+                   config: "TrainConfig | dict | None" = None, name: str | None = None,
+                   data_dir: "str | Path | None" = None, max_length: int = 128,
+                   checkpoint_dir: "str | Path | None" = None, progress=None):
+    """Train a language module (MAD-X) with masked language modelling on `text` (UTF-8 files,
+    one sentence per line, and/or `TASK[:SPLIT]`, never a task's test split) and register it as
+    task `mlm:<language>`; `xtl.Language(...)` puts such modules below a task module. Bottleneck
+    modules are adapters' `seq_bn_inv` (reduction factor 2) unless `method` says otherwise."""
+    from .language import train_language as _train_language
+
+    method_name, method_config = _method(method)
+    if isinstance(method, MethodConfig):  # the fields it sets; the rest are the language defaults
+        method_config = method.model_dump(exclude_unset=True)
+    return _train_language(backbone, language, text, method=method_name, method_config=method_config,
+                           train_config=config, registry=registry or Registry(), name=name,
+                           data_dir=Path(data_dir) if data_dir else None, max_length=max_length,
+                           checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None, progress=progress)

@@ -17,7 +17,7 @@ from .evaluation import append_results, evaluate, result_rows
 from .formats.intervals import score_intervals
 from .store.manifest import Manifest
 from .methods import get_method
-from .compose import Block, Continue, as_block
+from .compose import Block, Continue, Language, as_block
 from .cost import non_embedding_params, record_eval_throughput, record_throughput  # noqa: F401
 from .model import TaskModel
 from .session import ModuleSession, compose_into, load_module_into, parse_ref, swap_clock  # noqa: F401
@@ -96,8 +96,17 @@ def train_module(
         check_languages(spec, eval_languages or list(spec.languages), data_dir)
     dev_split = "validation" if ("validation" in train_task.splits or train_task.id_split) else None
     dev_ex = load_examples(train_task, dev_split, train_task.train_language, data_dir, limit=cfg.eval_examples) if dev_split else None
+    # MAD-X: the training language's module while training, each target language's when scored
+    session_langs = ([train_task.train_language, *(eval_languages or spec.languages)]
+                     if isinstance(block, Language) else None)
 
-    with ModuleSession.new(backbone, name, method, mcfg, composition=block, registry=registry, seed=cfg.seed) as session:
+    with ModuleSession.new(backbone, name, method, mcfg, composition=block, registry=registry, seed=cfg.seed,
+                           languages=session_langs) as session:
+        if session.language_manifests:
+            from .language import check_no_test_text
+
+            check_no_test_text(spec, spec.eval_split, session.language_manifests,
+                               eval_languages or list(spec.languages), data_dir)
         model = session.task_model(spec)
         fmt = model.format
         tok = backbone.tokenizer
@@ -111,7 +120,7 @@ def train_module(
         record_throughput(backbone, method, train_task.name, cfg, result)
         preds: dict[str, list] = {}
         scores = _timed_evaluate(backbone, method, model, spec, eval_languages, preds, data_dir=data_dir,
-                                 limit=eval_limit)
+                                 limit=eval_limit, session=session)
         intervals = score_intervals(spec, scores, preds)
         manifest = session.manifest(
             name=name, task=spec.name, format=spec.format, head=fmt.head_config(spec), trainable=trainable,
@@ -130,7 +139,7 @@ def train_module(
     if results_path:
         append_results(results_path, result_rows(f"{manifest.name}@{manifest.version}", spec.name, scores,
                                                  intervals=intervals, method=method, seed=cfg.seed, steps=cfg.steps,
-                                                 composition=block.kind, **_limit_field(eval_limit)))
+                                                 composition=composition_label(block), **_limit_field(eval_limit)))
     return TrainedModule(manifest, result, scores, n_train, total, preds, intervals)
 
 
@@ -146,11 +155,33 @@ def _limit_field(limit: int | None) -> dict:
     return {} if limit is None else {"limit": limit}
 
 
-def _timed_evaluate(backbone: Backbone, method: str, model, spec: TaskSpec, languages, examples: dict, **kw):
+def composition_label(block: Block) -> str:
+    """The composition as results rows and reports name it: its kind, `+madx` on language modules."""
+    return f"{block.inner.kind}+madx" if isinstance(block, Language) else block.kind
+
+
+def evaluate_languages(session: ModuleSession | None, model, spec: TaskSpec, languages, *,
+                       predictions: dict | None = None, **kw) -> dict[str, dict[str, float]]:
+    """`evaluate`, language by language on a Language composition: each language is scored with
+    its own language module below the task modules (MAD-X's zero-shot swap); then the first
+    language's module is active again."""
+    if session is None or not isinstance(session.block, Language):
+        return evaluate(model, spec, languages, predictions=predictions, **kw)
+    out: dict[str, dict[str, float]] = {}
+    for lang in languages or list(spec.languages):
+        session.use_language(lang)
+        out.update(evaluate(model, spec, [lang], predictions=predictions, **kw))
+    if session.languages:
+        session.use_language(session.languages[0])
+    return out
+
+
+def _timed_evaluate(backbone: Backbone, method: str, model, spec: TaskSpec, languages, examples: dict,
+                    session: ModuleSession | None = None, **kw):
     """`evaluate` (per-example rows into `examples`), with its speed added to the measurement log
     (the dry-run prices evaluation)."""
     t0 = time.perf_counter()
-    scores = evaluate(model, spec, languages, predictions=examples, **kw)
+    scores = evaluate_languages(session, model, spec, languages, predictions=examples, **kw)
     n = sum(len(rows) for rows in examples.values())
     record_eval_throughput(backbone, method, spec.name, len(scores), n, time.perf_counter() - t0)
     return scores
@@ -192,11 +223,21 @@ def evaluate_module(
         scores = evaluate(model, spec, languages, data_dir=data_dir, limit=limit, predictions=preds)
         label = f"backbone:{backbone.fingerprint.model_id}"
     else:
-        with ModuleSession.saved_module(backbone, registry, module, allow_backbone_mismatch=allow_backbone_mismatch) as session:
+        if languages is None:  # on language modules: the languages it has modules for
+            pinned = as_block(registry.manifest(*parse_ref(module)).composition)
+            languages = list(pinned.languages) if isinstance(pinned, Language) and pinned.languages else None
+        langs = list(languages or spec.languages)
+        with ModuleSession.saved_module(backbone, registry, module, allow_backbone_mismatch=allow_backbone_mismatch,
+                                        languages=langs) as session:
             man = session.manifest_saved
+            if session.language_manifests:
+                from .language import check_no_test_text
+
+                check_no_test_text(spec, spec.eval_split, session.language_manifests, langs, data_dir)
             model = session.task_model(spec)
             preds = predictions if predictions is not None else {}
-            scores = evaluate(model, spec, languages, data_dir=data_dir, limit=limit, predictions=preds)
+            scores = evaluate_languages(session, model, spec, languages, data_dir=data_dir, limit=limit,
+                                        predictions=preds)
         label = f"{man.name}@{man.version}"
         if update_registry and spec.name == man.task and limit is None:  # full evaluations only
             registry.update_scores(man.name, man.version, scores)

@@ -107,6 +107,10 @@ class Recipe(BaseModel):
     intermediate: list[IntermediateSpec] = Field(default_factory=list)
     targets: list[TargetSpec] = Field(default_factory=list)
     compositions: list[CompositionSpec] = Field(default_factory=lambda: [CompositionSpec(kind="single")])
+    # MAD-X axis: each composition without (`none`) and/or on language modules: `madx` (the
+    # registry's newest `mlm:<lang>` module per language) or a mapping {lang: module ref}
+    language_modules: list[Literal["none", "madx"] | dict[str, str]] = Field(default_factory=lambda: ["none"],
+                                                                           min_length=1)
     reuse_registry: bool = True
     tracker: str | None = None  # tensorboard | trackio | mlflow | wandb (docs/tracking.md); --tracker overrides
     tasks_dir: list[str] = Field(default_factory=list)  # user task folders (relative to the recipe)
@@ -154,6 +158,19 @@ class Recipe(BaseModel):
                 c = {"kind": c}
             out.append(c)
         return out
+
+    @field_validator("language_modules")
+    @classmethod
+    def _language_modules(cls, v):
+        from .compose import Language
+
+        for entry in v:
+            if isinstance(entry, dict):
+                try:
+                    Language(entry)
+                except XtlError as e:
+                    raise ValueError(f"{e.args[0] if e.args else e} ({e.fix})") from None
+        return v
 
     @model_validator(mode="after")
     def _refs(self):
@@ -331,6 +348,9 @@ def check_recipe(recipe: Recipe, *, need_targets: bool = True) -> None:
     with _at(f"{where}: method"):
         method = get_method(recipe.method)
     method.make_config(recipe.method_config, where=f"{where}: method_config")
+    if any(lm != "none" for lm in recipe.language_modules) and "language" not in method.supported_compositions:
+        raise XtlError(f"method {recipe.method!r} cannot run on language modules: {method.refusals.get('language', '')}",
+                       where=f"{where}: language_modules", fix="language_modules: [none], or method bottleneck / lora")
     if recipe.tracker is not None:
         from .tracking import check_tracker
 
@@ -425,6 +445,14 @@ def _check_planned_name(name: str, recipe: Recipe, what: str) -> None:
                        fix=e.fix) from None
 
 
+def _language_spec(spec: dict, entry: "str | dict") -> dict:
+    """A cell's composition with language modules below it: `madx` looks each language's module
+    up in the registry when the cell runs; a mapping names them."""
+    from .compose import Block, Language
+
+    return Language(None if entry == "madx" else dict(entry), then=Block.from_dict(spec)).to_dict()
+
+
 def _expand(recipe: Recipe) -> Plan:
     from .methods import get_method
     from .tasks import get_task
@@ -473,20 +501,29 @@ def _expand(recipe: Recipe) -> Plan:
                     groups = [[m] for m in (comp.modules or labels)]
                 else:  # fuse, merge: all (or the listed) intermediates together
                     groups = [comp.modules or labels]
-                for group in groups:
+                for group, lm in ((g, lm) for g in groups for lm in recipe.language_modules):
+                    if retrieval and lm != "none":
+                        continue  # nothing trains on top of a language module
                     inter_jobs = [modules[(g, seed)] for g in group]
                     spec = {"kind": comp.kind, "modules": [j.name for j in inter_jobs]}
                     if comp.kind == "merge":
                         spec["merge"] = {"how": comp.how, "density": comp.density, "weights": comp.weights, "seed": seed}
                     resolved = {**base, "target": target.task, "composition": {**spec, "modules": [j.key for j in inter_jobs]},
                                 "train": tr, "languages": target.languages, "eval_limit": target.eval_limit}
+                    label = comp.kind
+                    if lm != "none":  # a Language block around the composition (compose/blocks.py)
+                        spec = _language_spec(spec, lm)
+                        resolved["language_modules"] = lm
+                        label = f"{comp.kind}+madx"
                     key = config_hash(resolved)
-                    cell_name = f"{get_task(target.task).name}-{comp.kind}-{key[:8]}"
+                    cell_name = f"{get_task(target.task).name}-{label.replace('+', '-')}-{key[:8]}"
                     _check_planned_name(cell_name, recipe, f"target {target.task!r}")
                     cells.append(Cell(
-                        key=key, target=target.task, composition=comp.kind, composition_spec=spec,
+                        key=key, target=target.task, composition=label, composition_spec=spec,
                         intermediates=[j.name for j in inter_jobs], seed=seed, languages=target.languages,
                         eval_limit=target.eval_limit, train=tr, name=cell_name,
                     ))
     return Plan(recipe=recipe, modules=list(modules.values()), cells=cells,
-                recipe_hash=config_hash(recipe.model_dump(exclude={"file"} | (set() if recipe.tasks_dir else {"tasks_dir"}))))
+                recipe_hash=config_hash(recipe.model_dump(exclude={"file"} | (set() if recipe.tasks_dir else {"tasks_dir"})
+                                                        | (set() if recipe.language_modules != ["none"]
+                                                           else {"language_modules"}))))

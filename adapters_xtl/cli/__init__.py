@@ -55,6 +55,10 @@ from .registry import registry_app  # noqa: E402
 app.command()(bench)
 app.add_typer(registry_app, name="registry")
 
+from .language import train_language  # noqa: E402
+
+app.command("train-language")(train_language)
+
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors become one clear message and exit code 2."""

@@ -1,5 +1,5 @@
 """Compositions of task modules (blocks) and their dict form; see compose/blocks.py."""
 
-from .blocks import MERGE_HOWS, Block, Continue, Fuse, Merge, Single, Stack, as_block, kinds
+from .blocks import MERGE_HOWS, Block, Continue, Fuse, Language, Merge, Single, Stack, as_block, kinds
 
-__all__ = ["Block", "Single", "Stack", "Fuse", "Merge", "Continue", "as_block", "kinds", "MERGE_HOWS"]
+__all__ = ["Block", "Single", "Stack", "Fuse", "Merge", "Continue", "Language", "as_block", "kinds", "MERGE_HOWS"]

@@ -10,10 +10,15 @@ computes, per method, is written in docs/compositions.md and pinned by tests/tes
 Adding a composition: one `Block` subclass here with `kind`, its checks in `validate`, and a
 `compose_<kind>` on each method that supports it (the methods list them in
 `supported_compositions`; any other method refuses it with a clear message).
+
+`Language` (MAD-X) is the one block that wraps another: it puts a language module below the
+whole inner composition (`Language(...) + Stack("nli")`) and names which module serves which
+language, so the session can swap the training language's module for each target language's.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar, Literal
 
 from ..errors import XtlError, did_you_mean
@@ -62,7 +67,18 @@ class Block:
     def usage(self) -> str:
         return {"single": "Single() trains the target alone", "stack": "Stack('inter-a'[, 'inter-b'...])",
                 "fuse": "Fuse('inter-a', 'inter-b', ...)", "merge": "Merge('inter-a', 'inter-b', how='linear')",
-                "continue": "Continue('inter-a')"}.get(self.kind, self.kind)
+                "continue": "Continue('inter-a')",
+                "language": "Language() + Stack('inter-a'), or Language({'en': 'mlm-en', 'sw': 'mlm-sw'})"
+                }.get(self.kind, self.kind)
+
+    @property
+    def inner(self) -> "Block":
+        """The composition of the task modules (itself, except for `Language`)."""
+        return self
+
+    def __add__(self, other) -> "Block":
+        raise XtlError(f"`{self.kind}` + `{getattr(other, 'kind', other)}` is not a composition", where="composition",
+                       fix="only a language block goes below another one: Language(...) + Stack('inter-a')")
 
     # -- serialisation --------------------------------------------------------------------------
     def params(self) -> dict[str, Any]:
@@ -198,6 +214,92 @@ class Merge(Block):
             raise XtlError(f"merge has no setting {sorted(unknown)[0]!r}", where="composition.merge",
                            fix="settings: how, weights, density, seed")
         return cls(*modules, **m)
+
+
+_LANG_CODE = re.compile(r"^[a-z]{2,3}(_[A-Z][a-z]{3})?$")
+
+
+class Language(Block):
+    """MAD-X (Pfeiffer et al. 2020): a frozen language module below the whole inner composition.
+
+    The target trains on top of the training language's module (English); when it is scored on
+    another language, that language's module takes its place. `languages` says which module
+    serves which language: a mapping `{lang: "name[@version]"}`, language codes alone (their
+    modules are looked up in the registry: the newest module registered for task `mlm:<lang>`),
+    or nothing (every language is looked up). A language the mapping leaves out is looked up too.
+    """
+
+    kind = "language"
+
+    def __init__(self, languages: "dict[str, str | None] | list[str] | str | None" = None, *more: str,
+                 then: "Block | dict | str | None" = None):
+        if isinstance(languages, str) and languages in ("auto", "madx", "all"):
+            languages = None
+        if isinstance(languages, str):
+            languages = [languages, *more]
+        elif more:
+            raise XtlError("Language takes language codes or one mapping {lang: module}, not both", where="composition",
+                           fix=self.usage())
+        if languages is None:
+            languages = {}
+        if isinstance(languages, (list, tuple)):
+            languages = {code: None for code in languages}
+        if not isinstance(languages, dict):
+            raise XtlError(f"Language takes a mapping {{lang: module}} or language codes, got {languages!r}",
+                           where="composition.languages", fix=self.usage())
+        for code, ref in languages.items():
+            if not isinstance(code, str) or not _LANG_CODE.match(code):
+                raise XtlError(f"{code!r} is not a language code", where="composition.languages",
+                               fix="codes as the tasks use them: sw, yo, en (or a FLORES code like swh_Latn)")
+            if ref is not None and (not isinstance(ref, str) or not ref):
+                raise XtlError(f"language {code!r}: module {ref!r} is not a registry reference",
+                               where="composition.languages", fix="name[@version] of a module made by train-language")
+        self.languages: dict[str, str | None] = dict(languages)
+        inner = as_block(then)
+        if isinstance(inner, Language):
+            raise XtlError("a composition has one language block", where="composition",
+                           fix="Language(...) + Stack('inter-a'): the language module sits below everything else")
+        self.then = inner
+        self.modules = list(inner.modules)
+
+    @property
+    def inner(self) -> Block:
+        return self.then
+
+    def __add__(self, other) -> "Language":
+        if isinstance(self.then, Single):
+            return Language(self.languages, then=as_block(other))
+        raise XtlError(f"{self!r} already has a composition above it", where="composition",
+                       fix="Language(...) + Stack('a', 'b'): one block above the language module")
+
+    def params(self):
+        inner = self.then.to_dict()
+        inner.pop("modules", None)
+        return {"languages": dict(self.languages), "then": inner}
+
+    def with_modules(self, modules: list[str]) -> "Language":
+        return Language(self.languages, then=self.then.with_modules(modules))
+
+    def with_inner(self, inner: "Block") -> "Language":
+        return Language(self.languages, then=inner)
+
+    def with_languages(self, languages: dict[str, str | None]) -> "Language":
+        return Language(dict(languages), then=self.then)
+
+    @classmethod
+    def settings(cls):
+        return ["languages", "then"]
+
+    @classmethod
+    def _from_fields(cls, modules, fields):
+        languages = fields.pop("languages", None)
+        then = dict(fields.pop("then", None) or {"kind": "single"})
+        cls._no_extra(fields)
+        then["modules"] = list(modules)
+        return cls(languages, then=Block.from_dict(then))
+
+    def __repr__(self) -> str:
+        return f"Language({self.languages!r}, then={self.then!r})"
 
 
 def kinds() -> list[str]:

@@ -10,6 +10,12 @@ A method also carries out the compositions it supports (`supported_compositions`
 (compose/blocks.py) only says what to combine, and nothing outside a method touches peft's or
 adapters' internals. `single`, `stack` and `continue` mean the same for every method that keeps
 several named modules in one encoder, so they live here; `fuse` and `merge` are per method.
+
+`language` (MAD-X) arranges the inner composition as usual and puts one language module
+*below* it (`Arrangement.below`): every arrangement activates `below + its own slots`, so a
+bottleneck stack becomes `Stack(lang, I_1.., T)` (and the language module's invertible adapter,
+the first of the stack, wraps the embeddings), a LoRA stack adds the language module's delta.
+`LanguageArrangement.use(lang)` swaps which language module is below.
 """
 
 from __future__ import annotations
@@ -40,9 +46,11 @@ class Arrangement:
         self.target = target
         self.frozen = list(frozen or [])
         self.extra_slots = list(extra_slots or [])
+        self.below: list[str] = []  # frozen slots under everything else (a language module)
 
     def activate(self, backbone, train: bool) -> None:
-        self.method.activate(backbone, self.frozen + [self.target], trainable=[self.target] if train else [])
+        self.method.activate(backbone, self.below + self.frozen + [self.target],
+                             trainable=[self.target] if train else [])
 
     def deactivate(self, backbone) -> None:
         self.method.deactivate(backbone)
@@ -65,6 +73,54 @@ class Arrangement:
         self.deactivate(backbone)
         for s in self.extra_slots:
             self.method.remove(backbone, s)
+
+
+class LanguageArrangement:
+    """The inner composition's arrangement with one language module below it, swappable per
+    language (MAD-X: the training language's module while the target trains, the target
+    language's when it is scored)."""
+
+    def __init__(self, inner: Arrangement, slots: dict[str, str], current: str):
+        self.inner = inner
+        self.slots = dict(slots)
+        self.method = inner.method
+        self.target = inner.target
+        self.language = current
+        self._train: bool | None = None
+        self.inner.below = [self.slots[current]]
+
+    @property
+    def frozen(self) -> list[str]:
+        return self.inner.below + self.inner.frozen
+
+    def use(self, backbone, language: str) -> None:
+        """Put `language`'s module below the composition (re-activating it if it is active)."""
+        if language not in self.slots:
+            raise XtlError(f"no language module for {language!r} in this composition (it has "
+                           f"{', '.join(sorted(self.slots))})", where="language",
+                           fix=f"train one: xtl train-language --lang {language} --text FILE")
+        self.language = language
+        self.inner.below = [self.slots[language]]
+        if self._train is not None:
+            self.inner.activate(backbone, self._train)
+
+    def activate(self, backbone, train: bool) -> None:
+        self._train = train
+        self.inner.activate(backbone, train)
+
+    def deactivate(self, backbone) -> None:
+        self._train = None
+        self.inner.deactivate(backbone)
+
+    def extra_parameters(self, backbone):
+        return self.inner.extra_parameters(backbone)
+
+    def load_extra(self, backbone, tensors) -> None:
+        self.inner.load_extra(backbone, tensors)
+
+    def teardown(self, backbone) -> None:
+        self._train = None
+        self.inner.teardown(backbone)
 
 
 class Method:
@@ -105,12 +161,35 @@ class Method:
         except XtlError:
             return a == b
 
-    def compose(self, backbone, block, target: str, frozen: list[str], target_config: dict) -> Arrangement:
+    def check_language_modules(self, manifests: dict) -> None:
+        """Refuse language modules (language -> manifest) that cannot sit below this method's
+        compositions: another method, or a module that is not a language module."""
+        if "language" not in self.supported_compositions:
+            raise self._refuse_kind("language")
+        for lang, man in manifests.items():
+            if not str(man.task).startswith("mlm:"):
+                raise XtlError(f"{man.name}@{man.version} (task {man.task!r}) is not a language module", where="language",
+                               fix="language modules are made by `xtl train-language` (task mlm:<lang>)")
+            if man.task != f"mlm:{lang}":
+                raise XtlError(f"{man.name}@{man.version} is the language module of {man.task[4:]!r}, given for "
+                               f"{lang!r}", where="language", fix=f"give {lang!r} a module trained on {lang} text")
+            if man.method != self.name:
+                raise XtlError(f"language module {man.name}@{man.version} is {man.method}; the task modules are "
+                               f"{self.name}", where="language",
+                               fix=f"train the language module with --method {self.name}")
+
+    def compose(self, backbone, block, target: str, frozen: list[str], target_config: dict, **kw):
         """Arrange already-loaded intermediate slots (`frozen`, in the block's order) around the
         (already added) target slot."""
         if block.kind not in self.supported_compositions:
             raise self._refuse_kind(block.kind)
-        return getattr(self, f"compose_{block.kind}")(backbone, block, target, frozen, target_config)
+        return getattr(self, f"compose_{block.kind}")(backbone, block, target, frozen, target_config, **kw)
+
+    def compose_language(self, backbone, block, target, frozen, target_config, *, languages: dict[str, str],
+                         current: str) -> LanguageArrangement:
+        """The inner composition, with `languages[current]` (a loaded slot) below it."""
+        inner = self.compose(backbone, block.inner, target, frozen, target_config)
+        return LanguageArrangement(inner, languages, current)
 
     def compose_single(self, backbone, block, target, frozen, target_config) -> Arrangement:
         return Arrangement(self, target)
@@ -147,6 +226,11 @@ class Method:
     def deactivate(self, backbone) -> None:
         raise NotImplementedError
 
+    def inverse_embedding_transform(self, backbone):
+        """What an LM head applies before the (tied) output embeddings, given the active modules:
+        the inverse of an invertible adapter (MAD-X), or None."""
+        return None
+
     def remove(self, backbone, module: str) -> None:
         raise NotImplementedError
 
@@ -154,24 +238,41 @@ class Method:
         """Substring that identifies a parameter of `module` in the encoder's state dict."""
         raise NotImplementedError
 
+    def key_markers(self, module: str) -> list[str]:
+        """Every substring that marks a parameter of `module` (a bottleneck language module also
+        has an invertible adapter, keyed apart from its layers' adapters)."""
+        return [self.key_marker(module)]
+
+    def _own_key(self, key: str, module: str) -> str | None:
+        """`key` with the module's name replaced by the placeholder, or None when not the module's."""
+        if not self.owns(key):
+            return None
+        for marker, generic in zip(self.key_markers(module), self.key_markers(PLACEHOLDER)):
+            if marker in key:
+                return key.replace(marker, generic)
+        return None
+
     # -- weights -----------------------------------------------------------------------------
     def state_dict(self, backbone, module: str) -> dict[str, torch.Tensor]:
-        marker = self.key_marker(module)
-        generic = self.key_marker(PLACEHOLDER)
         out = {}
         for k, v in backbone.model.state_dict().items():
-            if marker in k and self.owns(k):
-                out[k.replace(marker, generic)] = v.detach().cpu().clone()
+            own = self._own_key(k, module)
+            if own is not None:
+                out[own] = v.detach().cpu().clone()
         if not out:
             raise XtlError(f"module {module!r} has no {self.name} weights in this backbone")
         return out
 
     def load_state_dict(self, backbone, module: str, tensors: dict[str, torch.Tensor]) -> None:
-        marker = self.key_marker(module)
-        generic = self.key_marker(PLACEHOLDER)
-        own = {k.replace(generic, marker): v for k, v in tensors.items()}
+        def named(key: str) -> str:
+            for marker, generic in zip(self.key_markers(module), self.key_markers(PLACEHOLDER)):
+                if generic in key:
+                    return key.replace(generic, marker)
+            return key
+
+        own = {named(k): v for k, v in tensors.items()}
         current = backbone.model.state_dict()
-        missing = [k for k in current if marker in k and self.owns(k) and k not in own]
+        missing = [k for k in current if self._own_key(k, module) is not None and k not in own]
         unexpected = [k for k in own if k not in current]
         if missing or unexpected:
             raise XtlError(
@@ -195,12 +296,12 @@ class Method:
 
     def named_parameters(self, backbone, module: str) -> dict[str, torch.nn.Parameter]:
         """The module's parameters, keyed as in `state_dict` (module name -> placeholder)."""
-        marker, generic = self.key_marker(module), self.key_marker(PLACEHOLDER)
-        return {
-            n.replace(marker, generic): p
-            for n, p in backbone.model.named_parameters()
-            if marker in n and self.owns(n)
-        }
+        out = {}
+        for n, p in backbone.model.named_parameters():
+            own = self._own_key(n, module)
+            if own is not None:
+                out[own] = p
+        return out
 
 
 def count_parameters(params) -> int:

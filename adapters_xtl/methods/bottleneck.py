@@ -2,6 +2,9 @@
 
 `adapters.init` turns the plain `XLMRobertaModel` into one that can hold named adapters; a
 `Stack` of active adapters is sequential (MAD-X), which is what `stack` means for bottlenecks.
+A language module (`variant: seq_bn_inv`, MAD-X's Pfeiffer adapter with a NICE invertible
+adapter) sits first in that stack: adapters applies the invertible adapter of the *first* active
+adapter to the embeddings, so `Stack(lang, ..., T)` is exactly MAD-X's setup.
 
 `merge` is adapters' `average_adapter` with its one strategy for bottlenecks, `linear`: a new
 module whose every parameter (down/up projections and their biases, in every layer) is
@@ -26,7 +29,8 @@ from .base import Arrangement, Method, MethodConfig
 
 
 class BottleneckSettings(MethodConfig):
-    variant: Literal["seq_bn", "double_seq_bn"] = "seq_bn"
+    # *_inv: with adapters' invertible adapter on the embeddings (MAD-X language modules)
+    variant: Literal["seq_bn", "double_seq_bn", "seq_bn_inv", "double_seq_bn_inv"] = "seq_bn"
     reduction_factor: int = 16
     non_linearity: str = "relu"
 
@@ -41,11 +45,11 @@ class FuseArrangement(Arrangement):
     def activate(self, backbone, train: bool) -> None:
         from adapters.composition import Fuse, Stack
 
-        backbone.model.set_active_adapters(Stack(Fuse(*self.frozen), self.target))
+        backbone.model.set_active_adapters(Stack(*self.below, Fuse(*self.frozen), self.target))
         own = f"adapter_fusion_layer.{self.fusion_name}."
         for n, p in backbone.model.named_parameters():
-            if ".adapters." in n or "adapter_fusion_layer" in n:
-                p.requires_grad_(train and (self.method.key_marker(self.target) in n or own in n))
+            if ".adapters." in n or "adapter_fusion_layer" in n or n.startswith("invertible_adapters."):
+                p.requires_grad_(train and (self.method._own_key(n, self.target) is not None or own in n))
 
     def extra_parameters(self, backbone):
         own = f"adapter_fusion_layer.{self.fusion_name}."
@@ -60,7 +64,7 @@ class FuseArrangement(Arrangement):
 class BottleneckMethod(Method):
     name = "bottleneck"
     config_cls = BottleneckSettings
-    supported_compositions = ("single", "stack", "continue", "fuse", "merge")
+    supported_compositions = ("single", "stack", "continue", "fuse", "merge", "language")
 
     def check_composable(self, block, target_config, intermediates) -> None:
         super().check_composable(block, target_config, intermediates)
@@ -134,19 +138,20 @@ class BottleneckMethod(Method):
             backbone.methods_prepared.add("adapters")
 
     def add(self, backbone, module: str, config: BottleneckSettings) -> None:
-        from adapters import DoubleSeqBnConfig, SeqBnConfig
+        from adapters import DoubleSeqBnConfig, DoubleSeqBnInvConfig, SeqBnConfig, SeqBnInvConfig
 
         self._prepare(backbone)
         if module in backbone.model.adapters_config.adapters:
             raise XtlError(f"a bottleneck module named {module!r} is already loaded")
-        cls = SeqBnConfig if config.variant == "seq_bn" else DoubleSeqBnConfig
+        cls = {"seq_bn": SeqBnConfig, "double_seq_bn": DoubleSeqBnConfig, "seq_bn_inv": SeqBnInvConfig,
+               "double_seq_bn_inv": DoubleSeqBnInvConfig}[config.variant]
         cfg = cls(reduction_factor=config.reduction_factor, non_linearity=config.non_linearity)
         backbone.model.add_adapter(module, config=cfg)
         backbone.__dict__.setdefault("_xtl_bottleneck", {})[module] = config
         backbone.model.train(backbone.model.training)  # new dropout layers follow the model's mode
         dev = backbone.device
         for n, p in backbone.model.named_parameters():
-            if self.key_marker(module) in n:
+            if self._own_key(n, module) is not None:
                 p.data = p.data.to(dev)
                 p.requires_grad_(False)
 
@@ -157,15 +162,22 @@ class BottleneckMethod(Method):
         setup = modules[0] if len(modules) == 1 else Stack(*modules)
         backbone.model.set_active_adapters(setup)
         for n, p in backbone.model.named_parameters():
-            if ".adapters." in n or "adapter_fusion" in n:
-                p.requires_grad_(any(self.key_marker(m) in n for m in trainable))
+            if ".adapters." in n or "adapter_fusion" in n or n.startswith("invertible_adapters."):
+                p.requires_grad_(any(self._own_key(n, m) is not None for m in trainable))
 
     def deactivate(self, backbone) -> None:
         if "adapters" in backbone.methods_prepared:
             backbone.model.set_active_adapters(None)
             for n, p in backbone.model.named_parameters():
-                if ".adapters." in n:
+                if ".adapters." in n or n.startswith("invertible_adapters."):
                     p.requires_grad_(False)
+
+    def inverse_embedding_transform(self, backbone):
+        """adapters' inverse of the first active adapter's invertible adapter (identity when it
+        has none), as its own LM heads apply it before the output embeddings."""
+        if "adapters" not in backbone.methods_prepared or not hasattr(backbone.model, "invertible_adapters_forward"):
+            return None
+        return lambda h: backbone.model.invertible_adapters_forward(h, rev=True)
 
     def remove(self, backbone, module: str) -> None:
         if "adapters" in backbone.methods_prepared and module in backbone.model.adapters_config.adapters:
@@ -175,6 +187,16 @@ class BottleneckMethod(Method):
     def key_marker(self, module: str) -> str:
         # adapters keys: encoder.layer.0.output.adapters.<name>.adapter_down.0.weight
         return f".adapters.{module}."
+
+    def key_markers(self, module: str) -> list[str]:
+        # a *_inv module's invertible adapter: invertible_adapters.<name>.F.0.weight
+        return [self.key_marker(module), f"invertible_adapters.{module}."]
+
+    def _own_key(self, key: str, module: str) -> str | None:
+        if key.startswith("invertible_adapters."):
+            marker = f"invertible_adapters.{module}."
+            return key.replace(marker, "invertible_adapters.__module__.", 1) if key.startswith(marker) else None
+        return super()._own_key(key, module)
 
 
 register_method(BottleneckMethod())

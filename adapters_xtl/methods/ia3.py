@@ -59,7 +59,9 @@ class IA3Method(Method):
     config_cls = IA3Settings
     supported_compositions = ("single", "stack", "continue", "merge")
     refusals = {"fuse": "an IA3 module multiplies activations by learned vectors; it has no additive delta for a "
-                        "fusion to attend over (peft has no IA3 fusion either)"}
+                        "fusion to attend over (peft has no IA3 fusion either)",
+                "language": "language modules (MAD-X) are bottleneck or LoRA modules; train the task module "
+                            "with one of those methods to put it on top of them"}
 
     def check_composable(self, block, target_config, intermediates) -> None:
         super().check_composable(block, target_config, intermediates)

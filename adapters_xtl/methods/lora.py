@@ -150,7 +150,7 @@ def peft_lora_config(s: LoraSettings, **overrides):
 class LoraMethod(Method):
     name = "lora"
     config_cls = LoraSettings
-    supported_compositions = ("single", "stack", "continue", "fuse", "merge")
+    supported_compositions = ("single", "stack", "continue", "fuse", "merge", "language")
 
     def check_composable(self, block, target_config, intermediates) -> None:
         super().check_composable(block, target_config, intermediates)

@@ -144,7 +144,7 @@ class LoraFuseArrangement(Arrangement):
         self.fusion = fusion
 
     def activate(self, backbone, train: bool) -> None:
-        self.method.activate(backbone, [self.target], trainable=[self.target] if train else [])
+        self.method.activate(backbone, self.below + [self.target], trainable=[self.target] if train else [])
         self.fusion.attach()
         for p in self.fusion.parameters():
             p.requires_grad_(train)
