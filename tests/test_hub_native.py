@@ -515,3 +515,12 @@ def test_hostile_card_facts_stay_inert():
     html = MarkdownIt("commonmark").enable("table").render(body)
     assert "<img" not in html and '<a href="http://e"' not in html
     assert '<a href="https://huggingface.co/my-lab/ok">' in html  # a bad revision is dropped, the repo kept
+
+
+def test_a_quantized_backbone_is_named_in_the_how_to():
+    from adapters_xtl.store.card import render_card
+    from adapters_xtl.store.manifest import BackboneFingerprint
+
+    m = _xnli_manifest(backbone=BackboneFingerprint(model_id="xlm-roberta-base", weights_sha256="ab" * 32,
+                                                    quantization="4bit"))
+    assert "quantized to `4bit`" in render_card(m) and "quantized to" not in render_card(_xnli_manifest())

@@ -468,6 +468,11 @@ def _library_usage(m: Manifest) -> list[str]:
                   "load that folder where the snippet says `path/to/backbone`.", ""]
     where = _py(repo) if repo else _py(f"{m.name}-{lib}")
     cls = native.get("model_class") or "XLMRobertaModel"
+    quant = m.backbone.quantization
+    if quant and quant != "none":
+        lines += [f"The module was trained on the backbone quantized to {_span(quant)}: load the base model with the "
+                  "same quantization (transformers' `BitsAndBytesConfig`) for the same predictions; on the float "
+                  "weights they differ slightly.", ""]
     if native.get("head_beside"):
         lines += [f"The adapter loads with {lib}; the task head does not: {_text(native.get('why_not'))}. It is in "
                   "`xtl_head.safetensors` (`xtl_head.json` says how it pools), applied with a few lines of torch:", ""]
