@@ -524,31 +524,33 @@ def load_compressed(name: str = "xlmr-e5-small", quantization: str = "none", dev
     trim, _ = parse_embeddings_mode(embeddings)
     for note in cost_notes(pick_device(device), quantization, embeddings, precision) if warn else ():
         warnings.warn(note, UserWarning, stacklevel=2)
+    from .backbone import release_file_pages
+
     bb = load_backbone(name, quantization, device)
     if embeddings == "full":
         return bb
-    return apply_embeddings(bb, embeddings, (texts() if callable(texts) else texts) if trim else None)
+    bb = apply_embeddings(bb, embeddings, (texts() if callable(texts) else texts) if trim else None)
+    release_file_pages()  # the full matrix's pages that trimming/quantizing read stay mapped otherwise
+    return bb
 
 
 def cost_notes(device: torch.device, quantization: str = "none", embeddings: str = "full",
                precision: str | None = None) -> list[str]:
     """What a configuration costs for nothing on this device, one line each (measured on a
     2-core CPU, docs/benchmarks.md): a quantized backbone on CPU dequantizes every Linear on
-    every step and keeps the fp32 word embeddings (81% of xlmr-e5-small, 46% of XLM-R large),
-    so without compressed embeddings it is slower and saves no memory; bf16 on a CPU without
-    native bf16 is emulated (slower, no memory saved)."""
+    every step; with the fp32 word embeddings kept, a small backbone (xlmr-e5-small, 81%
+    embeddings) got slower without saving memory. bf16 on a CPU without native bf16 is
+    emulated (slower, no memory saved)."""
     from .speed import cpu_has_fast_bf16
 
     notes = []
     trim, bits = parse_embeddings_mode(embeddings)
     if device.type == "cpu" and quantization != "none" and not trim and not bits:
         notes.append(f"quantization {quantization} on CPU with full fp32 embeddings: every step dequantizes the "
-                     "Linear weights (slower: 4-bit measured 0.79x the fp32 speed) and the word embeddings, most of "
-                     "the backbone's memory, stay fp32, so peak memory does not go down; add embeddings "
-                     "trimmed+4bit (--embeddings trimmed+4bit), or train without quantization")
-    if device.type == "cpu" and quantization == "8bit":
-        notes.append("quantization 8bit on CPU: LLM.int8 has no fast CPU kernel (several times slower than fp32); "
-                     "use 4bit with embeddings trimmed+4bit, or none")
+                     "Linear weights, and on a backbone whose weights are mostly embeddings (xlmr-e5-small: 81%) "
+                     "that costs time for no memory (e5-small + LoRA measured 0.83x the fp32 speed at 1.07x its "
+                     "peak memory); add embeddings trimmed+4bit (--embeddings trimmed+4bit), or train without "
+                     "quantization")
     if device.type == "cpu" and precision == "bf16" and not cpu_has_fast_bf16():
         notes.append("precision bf16 on a CPU without AVX512-BF16/AMX: bf16 is emulated (slower than fp32) and saves "
                      "no memory; use precision auto or fp32")

@@ -61,25 +61,24 @@ def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | 
     raise XtlError(f"unknown precision {precision!r}", where="precision", fix=did_you_mean(precision, PRECISIONS))
 
 
-@contextlib.contextmanager
 def autocast(precision: str, device: torch.device | str):
-    """`with autocast(cfg.precision, device): out = model(batch)`.
-
-    On CPU, bf16 attention goes through SDPA's math backend (bf16 matmuls): the fused CPU flash
-    kernel's bf16 backward took 4x its fp32 time (31% of a bf16 LoRA step; the math backend
-    made the step 1.17x faster, docs/benchmarks.md)."""
+    """`with autocast(cfg.precision, device): out = model(batch)` (the forward only)."""
     dev = torch.device(device)
     dtype = autocast_dtype(precision, dev)
-    if dtype is None:
-        yield
-        return
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(torch.autocast(dev.type, dtype=dtype))
-        if dev.type == "cpu":
-            from torch.nn.attention import SDPBackend, sdpa_kernel
+    return torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
-            stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
-        yield
+
+def attention_backend(precision: str, device: torch.device | str):
+    """Around a whole micro-step (forward and backward): on CPU, bf16 attention goes through
+    SDPA's math backend (bf16 matmuls). The fused CPU flash kernel's bf16 backward took 4x its fp32
+    time (31% of a bf16 LoRA step); the math backend made the step 1.17x faster. The backward is
+    inside too, so gradient checkpointing recomputes with the backend the forward used."""
+    dev = torch.device(device)
+    if dev.type != "cpu" or autocast_dtype(precision, dev) is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 def to_fp32(out):

@@ -54,6 +54,10 @@ def test_precision_and_dropout_are_checked_training_settings():
     assert "backbone_dropout=1.0" in str(e.value)
     with pytest.raises(XtlError):
         TrainConfig.resolve(None, {"module_dropout": True})  # a bool is not a probability
+    # defaults: no dropout in the frozen backbone, the method's own in the module; "built" restores
+    assert (TrainConfig().backbone_dropout, TrainConfig().module_dropout) == (0.0, None)
+    built = TrainConfig.resolve(None, {"backbone_dropout": 0.2}, {"backbone_dropout": "built"})
+    assert built.backbone_dropout is None
 
 
 def test_auto_precision_follows_the_hardware(monkeypatch):

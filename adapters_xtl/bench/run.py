@@ -25,7 +25,7 @@ from .. import cost
 from ..cost import count_step_flops, device_name, trainable_points
 from ..errors import XtlError
 from ..io import atomic_write_json
-from ..speed import autocast, autocast_dtype, dropout_overrides, to_fp32
+from ..speed import attention_backend, autocast, autocast_dtype, dropout_overrides, to_fp32
 from .attach import _attach_for_bench
 from .config import BenchConfig
 from .memory import MemoryMeter, release_memory
@@ -69,7 +69,7 @@ def run_config(cfg: BenchConfig) -> dict:
     """Measure one configuration in this process (use `run_isolated` for clean peak memory)."""
     from safetensors.torch import save_file
 
-    from ..backbone import load_backbone, pick_device
+    from ..backbone import load_backbone, pick_device, release_file_pages
     from ..compress import apply_embeddings, embedding_bytes, make_optimizer, optimizer_state_bytes
     from ..compress import parse_embeddings_mode
     from ..model import join_weights
@@ -96,6 +96,8 @@ def run_config(cfg: BenchConfig) -> dict:
     full_vocab = int(bb.model.get_input_embeddings().num_embeddings)
     texts = cfg.trim_texts if cfg.trim_texts is not None else (demo_texts() if "trimmed" in cfg.embeddings else None)
     bb = apply_embeddings(bb, cfg.embeddings, texts)
+    if cfg.embeddings != "full":
+        release_file_pages()  # as compress.load_compressed, what train/run use
     spec = get_task("demo-topic")  # a classification head (5 labels); the data are synthetic
     model, method, mcfg, trainable = _attach_for_bench(bb, cfg.method, cfg.method_config, "xtl_bench", spec,
                                                        grad_ckpt=cfg.grad_ckpt)
@@ -126,10 +128,11 @@ def run_config(cfg: BenchConfig) -> dict:
 
     def step(i: int) -> torch.Tensor:
         b = batches[i % len(batches)]
-        with autocast(cfg.precision, dev):
-            out = fwd(b)
-        loss = fmt.loss(to_fp32(out), b)
-        loss.backward()
+        with attention_backend(cfg.precision, dev):
+            with autocast(cfg.precision, dev):
+                out = fwd(b)
+            loss = fmt.loss(to_fp32(out), b)
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)

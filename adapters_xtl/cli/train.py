@@ -29,10 +29,10 @@ def train(
     embeddings: str = typer.Option("full", help="word embeddings: full | trimmed | 8bit | 4bit | trimmed+8bit | "
                                                 "trimmed+4bit (trimmed keeps the pieces of the task's data)"),
     precision: Optional[str] = typer.Option(None, help="fp32 | bf16 | auto (default: the task's, else auto)"),
-    backbone_dropout: Optional[float] = typer.Option(None, help="frozen backbone's dropout while training "
-                                                                "(default: the task's, else the trainer's)"),
-    module_dropout: Optional[float] = typer.Option(None, help="the module's dropout while training "
-                                                              "(default: the task's, else the method's own)"),
+    backbone_dropout: Optional[str] = typer.Option(None, help="frozen backbone's dropout while training: a number "
+                                                              "or built (default: the task's, else 0)"),
+    module_dropout: Optional[str] = typer.Option(None, help="the module's dropout while training: a number or built "
+                                                            "(default: the task's, else built, the method's own)"),
     name: Optional[str] = typer.Option(None, help="registry name (default <task>-<method>)"),
     steps: Optional[int] = typer.Option(None, help="optimizer steps (>= 1; default: the task's)"),
     batch_size: Optional[int] = typer.Option(None, help="examples per step (>= 1)"),
