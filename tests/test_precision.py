@@ -213,3 +213,17 @@ def test_xtl_train_with_compressed_embeddings_and_bf16(tiny64, tmp_path, monkeyp
     with redirect_stdout(out), redirect_stderr(out):
         rc = main(argv[:argv.index("--embeddings")] + ["--embeddings", "trimmed+2bit"])
     assert rc == 2 and "--embeddings" in out.getvalue()
+
+
+def test_a_quantized_load_gives_back_the_fp32_pages_it_read(tiny64):
+    """The 4-bit load reads every Linear weight through the safetensors mapping; those pages are
+    dropped afterwards (the model still runs: a mapped tensor reads its pages back)."""
+    from adapters_xtl.backbone import load_backbone, release_file_pages
+
+    bb = load_backbone(str(tiny64), "4bit")
+    assert release_file_pages(str(tiny64)) > 0  # the file is still mapped (embeddings), so advised
+    assert release_file_pages(str(tiny64) + "-elsewhere") == 0
+    ids = torch.tensor([[0, 5, 6, 2]])
+    with torch.no_grad():
+        out = bb.model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+    assert torch.isfinite(out).all()
