@@ -524,3 +524,25 @@ def test_a_quantized_backbone_is_named_in_the_how_to():
     m = _xnli_manifest(backbone=BackboneFingerprint(model_id="xlm-roberta-base", weights_sha256="ab" * 32,
                                                     quantization="4bit"))
     assert "quantized to `4bit`" in render_card(m) and "quantized to" not in render_card(_xnli_manifest())
+
+
+def test_a_multiple_choice_head_beside_is_applied_by_the_cards_snippet(hub, bench, tiny_backbone_dir, tmp_path):  # noqa: F811
+    from huggingface_hub import ModelCard
+
+    from test_tagging_mc import write_mc_task
+
+    reg, bbs, _ = bench
+    task = write_mc_task(tmp_path / "mc")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train_module(bbs["lora"], str(task), name="mc-lora", method="lora", registry=reg, train_config=QUICK)
+    push(reg, "mc-lora", repo_id="xtl-lab/mc-lora")
+    card = ModelCard(hub.files("xtl-lab/mc-lora")["README.md"].decode())
+    assert "pool through a pooler" in card.text
+    scope: dict = {}
+    exec(compile(python_blocks(card.text)[-1].replace("path/to/backbone", str(tiny_backbone_dir)), "card", "exec"),
+         scope)
+    question, choices = "what is it", ["a dog runs", "the cat sat", "it rains"]
+    got = scope["choose"]("in the park", [f"{question} {c}" for c in choices])
+    ours = xtl_predict(bench, "mc-lora", task, [{"context": "in the park", "question": question, "choices": choices}])
+    assert got.tolist() == pytest.approx(ours[0]["probabilities"], abs=1e-5)

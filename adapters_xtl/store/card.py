@@ -527,13 +527,15 @@ def _head_snippet(m: Manifest, repo: str | None) -> list[str]:
             f'    return {linear}(x, head["out.weight"], head["out.bias"]).softmax(-1)  # labels: xtl_head.json']
         call = 'batch = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")'
     elif m.format == "multiple_choice":
-        fn, args, out = "choose", "context, choices", [
+        fn, args, out = "choose", "context, choices", [  # as the format encodes: (context, question + " " + choice)
             f'    return {linear}(pooled, head["out.weight"], head["out.bias"])[:, 0].softmax(-1)']
         call = ('batch = tokenizer([context] * len(choices), choices, padding=True, truncation=True, '
                 'return_tensors="pt")')
     else:
         return ["", "# the head and how it reads the states: xtl_head.safetensors + xtl_head.json"]
-    return ["", "import torch", *get, "", "", f"def {fn}({args}):", f"    {call}", "    with torch.no_grad():",
+    doc = (['    """choices: question + " " + choice when the task has a question (as adapters_xtl encodes them)"""']
+           if m.format == "multiple_choice" else [])
+    return ["", "import torch", *get, "", "", f"def {fn}({args}):", *doc, f"    {call}", "    with torch.no_grad():",
             "        states = model(**batch).last_hidden_state", *pool, *out]
 
 
