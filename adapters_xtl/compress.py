@@ -548,7 +548,7 @@ def cost_notes(device: torch.device, quantization: str = "none", embeddings: str
     if device.type == "cpu" and quantization != "none" and not trim and not bits:
         notes.append(f"quantization {quantization} on CPU with full fp32 embeddings: every step dequantizes the "
                      "Linear weights, and on a backbone whose weights are mostly embeddings (xlmr-e5-small: 81%) "
-                     "that costs time for no memory (e5-small + LoRA measured 0.83x the fp32 speed at 1.07x its "
+                     "that costs time for no memory (e5-small + LoRA measured 0.82x the fp32 speed at 1.03x its "
                      "peak memory); add embeddings trimmed+4bit (--embeddings trimmed+4bit), or train without "
                      "quantization")
     if device.type == "cpu" and precision == "bf16" and not cpu_has_fast_bf16():
