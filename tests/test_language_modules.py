@@ -122,6 +122,20 @@ def test_task_module_on_language_modules_swaps_per_language_and_reloads(tiny_bac
             assert [o["score"] for o in out] == pytest.approx([r["score"] for r in rows], abs=1e-5)
         with pytest.raises(XtlError, match="no language module for 'fr'"):
             mod.predict(["x"], language="fr")
+    # and from the command line: `xtl predict --language` picks the same module
+    import io
+    import json
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from adapters_xtl.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = main(["predict", "--module", tm.name, "--task", str(task), "--backbone", str(tiny_backbone_dir),
+                   "--registry", str(registry.root), "--language", "de", "--json",
+                   *[a for e in examples for a in ("--text", e["text"])]])
+    assert rc == 0, err.getvalue()
+    assert [p["label"] for p in json.loads(out.getvalue())] == [r["prediction"] for r in tm.predictions["de"]]
     assert not any(p.requires_grad for p in bb.model.parameters())
 
 

@@ -52,6 +52,8 @@ def predict(
     batch_size: int = typer.Option(32),
     registry: Optional[Path] = typer.Option(None),
     as_json: bool = typer.Option(False, "--json", help="print predictions as JSON"),
+    language: Optional[str] = typer.Option(None, "--language", help="the inputs' language: picks the language "
+                                           "module of a module trained on language modules (MAD-X)"),
     device: Optional[str] = typer.Option(None),
 ):
     """Predict with a trained module: labels + probabilities, tags per word, answer spans, chosen options or embeddings."""
@@ -77,7 +79,7 @@ def predict(
     checks.backbone(backbone, "--backbone")
     bb = Backbone.load(backbone, quantization or man.backbone.quantization, device)
     with reg.load_module(module, backbone=bb, task=task) as mod:
-        preds = mod.predict(inputs, batch_size=batch_size)
+        preds = mod.predict(inputs, batch_size=batch_size, language=language)
     if out:
         from ..io import atomic_write_text
 
