@@ -101,3 +101,14 @@ def test_run_json_with_a_tracker_reports_the_outcome_and_logs_every_module(tmp_p
             assert any(t.startswith("zero-shot/de/") for t in tags), (name, tags)
     rc, _, err = xtl_cli(["run", str(recipe), "--tracker", "tensorbored", "--out", str(tmp_path / "o2")])
     assert rc == 2 and "unknown tracker 'tensorbored'" in err and not (tmp_path / "o2").exists()
+
+
+def test_registry_list_and_show_json(trained):
+    _, reg, tm = trained
+    listed, _ = json_of(["registry", "list", "--registry", str(reg.root), "--json"])
+    assert [m["ref"] for m in listed] == ["toy@1"] and listed[0]["task"] == "toy-sentiment"
+    assert listed[0]["scores"]["de"]["accuracy"] == pytest.approx(tm.scores["de"]["accuracy"])
+    shown, _ = json_of(["registry", "show", "toy", "--registry", str(reg.root), "--json"])
+    assert shown["name"] == "toy" and shown["version"] == "1" and "weights.safetensors" in shown["files"]
+    verified, _ = json_of(["registry", "verify", "--registry", str(reg.root), "--json"])
+    assert verified["healthy"] is True and verified["registry"] == str(reg.root)

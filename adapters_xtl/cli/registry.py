@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .common import print_json
+
 registry_app = typer.Typer(no_args_is_help=True, help="The local registry of task modules.")
 console = Console()
 
@@ -23,9 +25,17 @@ def _registry(path: Optional[Path]):
 
 
 @registry_app.command("list")
-def registry_list(registry: Optional[Path] = typer.Option(None)):
+def registry_list(registry: Optional[Path] = typer.Option(None),
+                  as_json: bool = typer.Option(False, "--json", help="print the latest version of every module as "
+                                               "a JSON list (name, version, task, method, backbone, steps, scores)")):
+    """The latest version of every module."""
     reg = _registry(registry)
     mans = reg.list()
+    if as_json:
+        print_json([{"name": m.name, "version": m.version, "ref": f"{m.name}@{m.version}", "task": m.task,
+                     "method": m.method, "backbone": m.backbone.short(), "steps": m.steps, "seed": m.seed,
+                     "created_at": m.created_at, "scores": m.scores} for m in mans])
+        return
     t = Table(title=f"registry {reg.root} ({len(mans)} modules)")
     for col in ("name", "version", "task", "method", "backbone", "steps", "mean score"):
         t.add_column(col)
@@ -37,10 +47,15 @@ def registry_list(registry: Optional[Path] = typer.Option(None)):
 
 
 @registry_app.command("show")
-def registry_show(name: str, version: Optional[str] = typer.Option(None), registry: Optional[Path] = typer.Option(None)):
+def registry_show(name: str, version: Optional[str] = typer.Option(None), registry: Optional[Path] = typer.Option(None),
+                  as_json: bool = typer.Option(False, "--json", help="plain JSON (no colours) for scripts")):
+    """A module's manifest: its provenance, settings, files and scores."""
     reg = _registry(registry)
     m = reg.manifest(name, version)
-    console.print_json(m.model_dump_json())
+    if as_json:
+        print_json(m.model_dump(mode="json"))
+    else:
+        console.print_json(m.model_dump_json())
 
 
 @registry_app.command("verify")
