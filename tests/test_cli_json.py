@@ -112,3 +112,22 @@ def test_registry_list_and_show_json(trained):
     assert shown["name"] == "toy" and shown["version"] == "1" and "weights.safetensors" in shown["files"]
     verified, _ = json_of(["registry", "verify", "--registry", str(reg.root), "--json"])
     assert verified["healthy"] is True and verified["registry"] == str(reg.root)
+
+
+def test_train_json_with_a_tracker(tmp_path, tiny_backbone_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    task = write_toy_task(tmp_path / "toy")
+    results = tmp_path / "out" / "results.jsonl"
+    got, err = json_of(["train", "--task", str(task), "--backbone", str(tiny_backbone_dir), "--name", "m",
+                        "--steps", "6", "--eval-every", "3", "--batch-size", "8", "--lr", "5e-3",
+                        "--registry", str(tmp_path / "reg"), "--results", str(results),
+                        "--tracker", "tensorboard", "--json"])
+    assert got["module"] == "m@1" and got["steps"] == 6 and set(got["scores"]) == {"en", "de"}
+    assert got["tracker_dir"] == str(tmp_path / "out" / "tracking") and "registered m v1" in err
+    acc = EventAccumulator(str(tmp_path / "out" / "tracking" / "m"))
+    acc.Reload()
+    assert {"train/loss", "train/lr", "dev/accuracy", "zero-shot/de/accuracy"} <= set(acc.Tags()["scalars"])
+    rc, out, err = xtl_cli(["train", "--task", str(task), "--backbone", str(tiny_backbone_dir), "--tracker", "nope",
+                            "--registry", str(tmp_path / "reg2"), "--results", str(tmp_path / "o2" / "r.jsonl")])
+    assert rc == 2 and "unknown tracker 'nope'" in err and not (tmp_path / "reg2").exists()

@@ -18,7 +18,8 @@ import typer
 
 from .. import checks
 from ..errors import XtlError
-from .common import console, langs, progress, registry as open_registry, scores_table
+from ..tracking import check_tracker
+from .common import console, json_output, langs, print_json, progress, registry as open_registry, scores_table
 
 
 def train(
@@ -51,8 +52,21 @@ def train(
                    "command resumes from them; removed once the module is registered"),
     registry: Optional[Path] = typer.Option(None, help="registry folder (default $XTL_REGISTRY or ./registry)"),
     device: Optional[str] = typer.Option(None),
+    tracker: Optional[str] = typer.Option(None, "--tracker", help="tensorboard | trackio | mlflow | wandb (default: "
+                                          "none); see docs/tracking.md"),
+    tracker_dir: Optional[Path] = typer.Option(None, "--tracker-dir", help="where the tracker writes (default: "
+                                               "tracking/ next to --results)"),
+    as_json: bool = typer.Option(False, "--json", help="print the registered module and its scores as one JSON "
+                                 "object; progress and tables go to stderr"),
 ):
     """Train a task module on English data, evaluate it zero-shot on every language, register it."""
+    with json_output(as_json):
+        _train(**{k: v for k, v in locals().items() if k != "as_json"}, as_json=as_json)
+
+
+def _train(*, task, method, backbone, quantization, embeddings, precision, backbone_dropout, module_dropout, name,
+           steps, batch_size, lr, seed, eval_every, max_train_examples, method_config, init_from, languages,
+           eval_limit, data_dir, results, checkpoint_dir, registry, device, tracker, tracker_dir, as_json):
     from ..api import Continue, train as api_train
     from ..backbone import pick_device
     from ..compress import cost_notes, load_compressed, task_texts
@@ -63,6 +77,9 @@ def train(
         batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every, max_train_examples=max_train_examples,
         method_config=method_config, init_from=init_from, languages=languages, eval_limit=eval_limit,
         data_dir=data_dir, results=results, checkpoint_dir=checkpoint_dir, registry=registry, device=device)
+    tracker = check_tracker(tracker, "--tracker")
+    tracker_dir = tracker_dir or results.parent / "tracking"
+    checks.output_dir(tracker_dir if tracker else None, "--tracker-dir")
     ckpt = checkpoint_folder(checkpoint_dir or results.parent / "checkpoints", name, spec=spec, method=method,
                              method_obj=method_obj, cfg=cfg, backbone=backbone, quantization=quantization,
                              init_ref=init_ref, data_dir=data_dir, embeddings=embeddings)
@@ -76,17 +93,34 @@ def train(
                   f"{time.perf_counter() - t0:.1f}s")
     reg = open_registry(registry)
     console.print(f"checkpoints in {ckpt}" + (" (resuming)" if ckpt.exists() else ""))
-    with progress() as report:
-        tm = api_train(bb, spec, method=method_obj, compose=Continue(init_ref) if init_ref else None, registry=reg,
-                       config=cfg, name=name, languages=langs(languages), eval_limit=eval_limit, data_dir=data_dir,
-                       results=results, checkpoint_dir=ckpt, progress=report)
+    track = None
+    if tracker:
+        from ..api import Tracker
+
+        track = Tracker(tracker, tracker_dir, project=spec.name,
+                        config={"task": spec.name, "method": method, "backbone": backbone, **cfg.model_dump()})
+    try:
+        with progress() as report:
+            tm = api_train(bb, spec, method=method_obj, compose=Continue(init_ref) if init_ref else None,
+                           registry=reg, config=cfg, name=name, languages=langs(languages), eval_limit=eval_limit,
+                           data_dir=data_dir, results=results, checkpoint_dir=ckpt, progress=report, tracker=track)
+    finally:
+        if track is not None:
+            track.close()
     shutil.rmtree(ckpt, ignore_errors=True)  # the module is registered: its checkpoints are done
     console.print(f"trainable parameters: {tm.trainable_params:,} ({100 * tm.trainable_params / tm.total_params:.2f}% of {tm.total_params:,})")
     resumed = f", resumed from step {tm.result.resumed_from}" if tm.result.resumed_from else ""
     console.print(f"trained {cfg.steps} steps in {tm.result.seconds:.1f}s ({tm.result.seconds / max(1, cfg.steps):.2f} s/step), "
                   f"best dev step {tm.result.best_step}, padding waste {100 * tm.result.padding_waste:.1f}%{resumed}")
     console.print(scores_table(f"{tm.manifest.name} v{tm.manifest.version} on {spec.name} (zero-shot)", tm.scores))
-    console.print(f"registered {tm.manifest.name} v{tm.manifest.version} in {reg.root}; results appended to {results}")
+    console.print(f"registered {tm.manifest.name} v{tm.manifest.version} in {reg.root}; results appended to {results}"
+                  + (f"; {tracker} logs in {tracker_dir}" if tracker else ""))
+    if as_json:
+        print_json({"module": tm.name, "task": spec.name, "method": method, "backbone": bb.fingerprint.short(),
+                    "registry": str(reg.root), "steps": cfg.steps, "seconds": round(tm.result.seconds, 2),
+                    "best_step": tm.result.best_step, "resumed_from": tm.result.resumed_from,
+                    "trainable_params": tm.trainable_params, "scores": tm.scores, "results": str(results),
+                    "tracker": tracker, "tracker_dir": str(tracker_dir) if tracker else None})
 
 
 def check_train_options(*, task, method, backbone, quantization, name, steps, batch_size, lr, seed, eval_every,
