@@ -420,11 +420,27 @@ def cell_line(cell: Cell, outcome: CellOutcome, where: str = "") -> str:
             f"{outcome.swap_seconds:.2f}s{where})")
 
 
+def plan_backbone(plan: Plan, device: str | None = None):
+    """The backbone a plan's cells share, with the recipe's quantization and embeddings; trimmed
+    embeddings keep the pieces of every text the plan trains or evaluates on (read only then).
+    Call it with the recipe's catalog active."""
+    from .compress import load_compressed, task_texts
+    from .tasks import get_task
+
+    recipe = plan.recipe
+
+    def texts():
+        parts = [(get_task(t), None) for i in recipe.intermediate for t in (i.multitask or [i.task])]
+        parts += [(get_task(t.task), t.languages) for t in recipe.targets]
+        return task_texts(parts, Path(recipe.data_dir) if recipe.data_dir else None)
+
+    return load_compressed(recipe.backbone, recipe.quantization, device, embeddings=recipe.embeddings, texts=texts)
+
+
 def _run_plan(plan: Plan, run_dir: Path, cfgs: dict[str, TrainConfig], *, registry, backbone, console, device,
               progress) -> Path:
     from contextlib import nullcontext
 
-    from .backbone import load_backbone
     from .progress import emit
 
     console = console or Console()
@@ -436,7 +452,8 @@ def _run_plan(plan: Plan, run_dir: Path, cfgs: dict[str, TrainConfig], *, regist
 
     t_load = time.perf_counter()
     if backbone is None:
-        backbone = load_backbone(plan.recipe.backbone, plan.recipe.quantization, device)
+        with plan.recipe.catalog().active():
+            backbone = plan_backbone(plan, device)
     console.print(f"backbone {backbone.fingerprint.short()} loaded in {time.perf_counter() - t_load:.1f}s")
     work = CellWork(plan, run_dir, state.rid, registry, cfgs)
 

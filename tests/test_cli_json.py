@@ -131,3 +131,18 @@ def test_train_json_with_a_tracker(tmp_path, tiny_backbone_dir):
     rc, out, err = xtl_cli(["train", "--task", str(task), "--backbone", str(tiny_backbone_dir), "--tracker", "nope",
                             "--registry", str(tmp_path / "reg2"), "--results", str(tmp_path / "o2" / "r.jsonl")])
     assert rc == 2 and "unknown tracker 'nope'" in err and not (tmp_path / "reg2").exists()
+
+
+def test_a_recipe_with_trimmed_embeddings_runs_on_a_trimmed_backbone(tmp_path, tiny_backbone_dir):
+    from adapters_xtl.recipe import expand, load_recipe
+    from adapters_xtl.runner import plan_backbone
+
+    plan = expand(load_recipe(_small_recipe(tmp_path, tiny_backbone_dir, embeddings="trimmed")))
+    with plan.recipe.catalog().active():
+        trimmed = plan_backbone(plan)
+    full = xtl.Backbone.load(str(tiny_backbone_dir))
+    rows = trimmed.model.get_input_embeddings().weight.shape[0]
+    assert rows < full.model.get_input_embeddings().weight.shape[0]
+    got, _ = json_of(["run", str(tmp_path / "grid.yaml"), "--json", "--out", str(tmp_path / "run"),
+                      "--registry", str(tmp_path / "reg")])
+    assert got["rows"] > 0

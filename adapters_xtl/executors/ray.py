@@ -71,7 +71,6 @@ class CellWorker:
             import torch
 
             torch.set_num_threads(spec["threads"])  # as many as the CPUs Ray gave this worker
-            from ..backbone import load_backbone
             from ..tasks import TaskCatalog
 
             self.catalog = TaskCatalog(include=spec["catalog"])
@@ -81,7 +80,8 @@ class CellWorker:
                 cfgs = runner.train_configs(plan)
             self.work = runner.CellWork(plan, Path(spec["run_dir"]), spec["rid"], Registry(spec["registry"]), cfgs)
             t0 = time.perf_counter()
-            self.backbone = load_backbone(plan.recipe.backbone, plan.recipe.quantization, spec["device"])
+            with self.catalog.active():
+                self.backbone = runner.plan_backbone(plan, spec["device"])
             self.load_seconds = time.perf_counter() - t0
         except XtlError as e:
             self.error = str(e)
