@@ -343,3 +343,18 @@ def test_tasks_command_still_lists(capsys):
     assert main(["tasks", "frobnicate"]) == 2
     assert main(["tasks", "audit"]) == 2
     assert main(["tasks", "audit", "no-such-task"]) == 2
+
+
+def test_task_defaults_set_precision_and_dropout_or_say_built(tmp_path):
+    from test_core import write_toy_task
+
+    from adapters_xtl.tasks import get_task
+    from adapters_xtl.trainer import TrainConfig
+
+    y = write_toy_task(tmp_path / "t", extra_yaml="defaults: {train: {precision: fp32, backbone_dropout: built, "
+                                                  "module_dropout: 0.05}}")
+    cfg = TrainConfig.resolve(get_task(str(y)))
+    assert cfg.precision == "fp32" and cfg.backbone_dropout is None and cfg.module_dropout == 0.05
+    bad = write_toy_task(tmp_path / "b", extra_yaml="defaults: {train: {backbone_dropout: 1.5}}")
+    with pytest.raises(XtlError, match="backbone_dropout"):
+        get_task(str(bad))

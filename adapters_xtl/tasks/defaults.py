@@ -6,7 +6,7 @@ file, the field and the value, instead of a pydantic traceback when training sta
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -34,6 +34,10 @@ class TrainDefaults(BaseModel):
     checkpoint_every: int | None = Field(None, ge=1)
     gradient_checkpointing: bool | None = None
     optimizer: Literal["adamw", "adamw8bit", "paged_adamw8bit"] | None = None
+    precision: Literal["fp32", "bf16", "auto"] | None = None
+    # a rate, or "built" for the dropout the backbone / module was built with
+    backbone_dropout: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] | Literal["built"] | None = None
+    module_dropout: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] | Literal["built"] | None = None
 
     @field_validator("*", mode="before")
     @classmethod
