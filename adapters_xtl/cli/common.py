@@ -61,3 +61,16 @@ def json_output(as_json: bool):
         yield
     finally:
         console._file = saved
+
+
+@contextmanager
+def tracker_for(kind: Optional[str], folder: Path, *, project: str, config: dict):
+    """The chosen experiment tracker for a command's duration (None when none), closed even when
+    training fails, so what it logged is flushed."""
+    if not kind:
+        yield None
+        return
+    from ..api import Tracker
+
+    with Tracker(kind, folder, project=project, config=config) as tracker:
+        yield tracker

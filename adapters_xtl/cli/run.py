@@ -12,7 +12,7 @@ from rich.table import Table
 from .. import checks
 from ..errors import XtlError
 from ..tracking import check_tracker
-from .common import console, json_output, print_json, progress, registry as open_registry
+from .common import console, json_output, print_json, progress, registry as open_registry, tracker_for
 
 
 def run(
@@ -135,20 +135,11 @@ def _run_plan_and_report(plan, out: Path, *, dry_run: bool, registry: Optional[P
             print_json({**summary, "estimate": est})
         return
     t0 = time.perf_counter()
-    track = None
-    if tracker:
-        from ..api import Tracker
-
-        track = Tracker(tracker, tracker_dir, project=plan.recipe.name,
-                        config={"recipe": plan.recipe.name, "backbone": plan.recipe.backbone,
-                                "method": plan.recipe.method, "quantization": plan.recipe.quantization})
-    try:
-        with progress() as report:
-            api_run(plan, out, registry=reg, device=device, console=console, progress=report, executor=executor,
-                    tracker=track)
-    finally:
-        if track is not None:
-            track.close()
+    config = {"recipe": plan.recipe.name, "backbone": plan.recipe.backbone, "method": plan.recipe.method,
+              "quantization": plan.recipe.quantization}
+    with tracker_for(tracker, tracker_dir, project=plan.recipe.name, config=config) as track, progress() as report:
+        api_run(plan, out, registry=reg, device=device, console=console, progress=report, executor=executor,
+                tracker=track)
     path = write_report(out, f"Results: {plan.recipe.name}")
     rows = read_results(out / "results.jsonl")
     for tab in rich_tables(score_table(rows, load_predictions(out))):

@@ -19,7 +19,8 @@ import typer
 from .. import checks
 from ..errors import XtlError
 from ..tracking import check_tracker
-from .common import console, json_output, langs, print_json, progress, registry as open_registry, scores_table
+from .common import (console, json_output, langs, print_json, progress, registry as open_registry, scores_table,
+                     tracker_for)
 
 
 def train(
@@ -93,20 +94,11 @@ def _train(*, task, method, backbone, quantization, embeddings, precision, backb
                   f"{time.perf_counter() - t0:.1f}s")
     reg = open_registry(registry)
     console.print(f"checkpoints in {ckpt}" + (" (resuming)" if ckpt.exists() else ""))
-    track = None
-    if tracker:
-        from ..api import Tracker
-
-        track = Tracker(tracker, tracker_dir, project=spec.name,
-                        config={"task": spec.name, "method": method, "backbone": backbone, **cfg.model_dump()})
-    try:
-        with progress() as report:
-            tm = api_train(bb, spec, method=method_obj, compose=Continue(init_ref) if init_ref else None,
-                           registry=reg, config=cfg, name=name, languages=langs(languages), eval_limit=eval_limit,
-                           data_dir=data_dir, results=results, checkpoint_dir=ckpt, progress=report, tracker=track)
-    finally:
-        if track is not None:
-            track.close()
+    config = {"task": spec.name, "method": method, "backbone": backbone, **cfg.model_dump()}
+    with tracker_for(tracker, tracker_dir, project=spec.name, config=config) as track, progress() as report:
+        tm = api_train(bb, spec, method=method_obj, compose=Continue(init_ref) if init_ref else None, registry=reg,
+                       config=cfg, name=name, languages=langs(languages), eval_limit=eval_limit, data_dir=data_dir,
+                       results=results, checkpoint_dir=ckpt, progress=report, tracker=track)
     shutil.rmtree(ckpt, ignore_errors=True)  # the module is registered: its checkpoints are done
     console.print(f"trainable parameters: {tm.trainable_params:,} ({100 * tm.trainable_params / tm.total_params:.2f}% of {tm.total_params:,})")
     resumed = f", resumed from step {tm.result.resumed_from}" if tm.result.resumed_from else ""
