@@ -74,3 +74,18 @@ def tracker_for(kind: Optional[str], folder: Path, *, project: str, config: dict
 
     with Tracker(kind, folder, project=project, config=config) as tracker:
         yield tracker
+
+
+def method_config_json(text: Optional[str], example: str = '{"r": 16}') -> dict:
+    """`--method-config` as a dict: JSON, and an object, or an error saying which."""
+    from ..errors import XtlError
+
+    try:
+        value = json.loads(text) if text else {}
+    except json.JSONDecodeError as e:
+        raise XtlError(f"{text!r} is not JSON: {e}", where="--method-config",
+                       fix=f"a JSON object, e.g. '{example}'") from None
+    if not isinstance(value, dict):
+        raise XtlError(f"{text!r} is not a JSON object", where="--method-config",
+                       fix=f"a JSON object of method settings, e.g. '{example}'")
+    return value

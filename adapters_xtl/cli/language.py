@@ -8,7 +8,6 @@ empty, a task's test split) before any weights move.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Optional
@@ -17,7 +16,7 @@ import typer
 
 from .. import checks
 from ..errors import XtlError
-from .common import console, progress, registry as open_registry
+from .common import console, method_config_json, progress, registry as open_registry
 
 
 def train_language(
@@ -53,14 +52,7 @@ def train_language(
         checks.train_setting(key, value, "--" + key.replace("_", "-"))
     cfg = language_train_config({**{k: v for k, v in given.items() if v is not None}, "seed": seed})
     checks.at_least(max_length, 8, "--max-length", fix="tokens per line, e.g. 128")
-    try:
-        mcfg = json.loads(method_config) if method_config else {}
-    except json.JSONDecodeError as e:
-        raise XtlError(f"{method_config!r} is not JSON: {e}", where="--method-config",
-                       fix='a JSON object, e.g. \'{"reduction_factor": 4}\'') from None
-    if not isinstance(mcfg, dict):
-        raise XtlError(f"{method_config!r} is not a JSON object", where="--method-config",
-                       fix='a JSON object of method settings, e.g. \'{"r": 16}\'')
+    mcfg = method_config_json(method_config, '{"reduction_factor": 4}')
     from ..language import DEFAULT_METHOD_CONFIG
     from ..methods import get_method
 

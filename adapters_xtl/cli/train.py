@@ -8,7 +8,6 @@ and ends with the same weights; the folder is removed once the module is registe
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -19,8 +18,8 @@ import typer
 from .. import checks
 from ..errors import XtlError
 from ..tracking import check_tracker
-from .common import (console, json_output, langs, print_json, progress, registry as open_registry, scores_table,
-                     tracker_for)
+from .common import (console, json_output, langs, method_config_json, print_json, progress,
+                     registry as open_registry, scores_table, tracker_for)
 
 
 def train(
@@ -138,14 +137,7 @@ def check_train_options(*, task, method, backbone, quantization, name, steps, ba
     cfg = TrainConfig.resolve(spec, dict(given, seed=seed, precision=precision, backbone_dropout=backbone_dropout,
                                          module_dropout=module_dropout),
                               where="--steps/--batch-size/--lr/--precision/... or the task's defaults")
-    try:
-        mcfg = json.loads(method_config) if method_config else {}
-    except json.JSONDecodeError as e:
-        raise XtlError(f"{method_config!r} is not JSON: {e}", where="--method-config",
-                       fix='a JSON object, e.g. \'{"r": 16}\'') from None
-    if not isinstance(mcfg, dict):
-        raise XtlError(f"{method_config!r} is not a JSON object", where="--method-config",
-                       fix='a JSON object of method settings, e.g. \'{"r": 16}\'')
+    mcfg = method_config_json(method_config)
     method_obj = get_method(method).make_config(mcfg, where="--method-config")
     for lang in langs(languages) or []:
         spec.language_code(lang)
