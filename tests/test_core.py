@@ -231,8 +231,9 @@ def test_training_learns_a_separable_task(tiny_backbone_dir, tmp_path, registry)
     y = write_toy_task(tmp_path / "sep", n_train=128)
     bb = load_backbone(str(tiny_backbone_dir))
     tm = train_module(bb, str(y), name="sep", registry=registry,
-                      train_config=TrainConfig(steps=60, batch_size=16, eval_every=20, lr=1e-2))
-    assert tm.scores["en"]["accuracy"] >= 90
+                      train_config=TrainConfig(steps=60, batch_size=16, eval_every=20, lr=1e-2,
+                                               precision="fp32"))  # under bf16 autocast (the CPU default)
+    assert tm.scores["en"]["accuracy"] >= 90  # this tiny model once scored 17/20 in CI
 
 
 def test_resume_after_a_crash_replays_exactly(tiny_backbone_dir, toy_task, tmp_path):
