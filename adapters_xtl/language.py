@@ -359,7 +359,7 @@ def train_language(backbone: Backbone, language: str, text: "list[str | Path] | 
             name=name, task=task_of(lang), format="mlm", head={**head_info, "max_length": max_length},
             trainable=trainable, steps=cfg.steps, seed=cfg.seed, train_examples=len(train_feats),
             languages_trained=[lang],
-            training={"config": cfg.model_dump(), "best_step": result.best_step, "best_dev": result.best_score,
+            training={"config": cfg.model_dump(), "computed_in": result.computed_in, "best_step": result.best_step, "best_dev": result.best_score,
                       "seconds": round(result.seconds, 2), "padding_waste": round(result.padding_waste, 4)},
             language_module={"language": lang, "text": corpus.record, "dev_lines": len(dev),
                              "dev_before": before, "dev_after": after,

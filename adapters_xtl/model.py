@@ -86,9 +86,17 @@ def attach_new(backbone: Backbone, method: str, config: MethodConfig | dict, slo
 
 
 def attach_saved(backbone: Backbone, method: str, config: dict, module_tensors: dict[str, torch.Tensor], slot: str) -> None:
-    """Load a saved module's encoder weights (see `split_weights`) into a new slot."""
+    """Load a saved module's encoder weights (see `split_weights`) into a new slot.
+
+    Adding the slot initialises it randomly before the saved weights overwrite it; that draw is
+    made on a forked stream (`rng_untouched`). A grid loads an intermediate once and keeps it, so
+    drawing from the seeded stream would give a cell another head (and other results) depending
+    on whether an earlier cell had loaded the module already."""
+    from .methods.base import rng_untouched
+
     m = get_method(method)
-    m.add(backbone, slot, m.make_config(config))
+    with rng_untouched(backbone):
+        m.add(backbone, slot, m.make_config(config))
     m.load_state_dict(backbone, slot, module_tensors)
 
 

@@ -194,7 +194,7 @@ def train_multitask_module(
             trainable=trainable, recipe_hash=recipe_hash, steps=cfg.steps, seed=cfg.seed, train_examples=len(feats),
             scores=scores,
             multitask={"tasks": tasks, "sampling": sampling, "cap": cap, "weights": [round(w, 4) for w in weights]},
-            training={"config": cfg.model_dump(), "best_step": result.best_step, "best_dev": result.best_score,
+            training={"config": cfg.model_dump(), "computed_in": result.computed_in, "best_step": result.best_step, "best_dev": result.best_score,
                       "seconds": round(result.seconds, 2)},
             **(extra_manifest or {}),
         )

@@ -126,7 +126,7 @@ def train_module(
             name=name, task=spec.name, format=spec.format, head=fmt.head_config(spec), trainable=trainable,
             recipe_hash=recipe_hash, steps=cfg.steps, seed=cfg.seed, train_examples=result.train_examples,
             **_score_fields(scores, eval_limit), data_revisions=resolved_revisions(),
-            training={"config": cfg.model_dump(), "best_step": result.best_step, "best_dev": result.best_score,
+            training={"config": cfg.model_dump(), "computed_in": result.computed_in, "best_step": result.best_step, "best_dev": result.best_score,
                       "seconds": round(result.seconds, 2), "padding_waste": round(result.padding_waste, 4)},
             **(extra_manifest or {}),
         )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from pathlib import Path
 
 import torch
@@ -48,6 +49,16 @@ def bf16_is_fast(device: torch.device | str) -> bool:
     return dev.type == "cpu" and cpu_has_fast_bf16()
 
 
+def cpu_auto_bf16() -> bool:
+    """Whether `auto` takes bf16 on this CPU: where it is fast, unless `XTL_CPU_BF16=0` (`=1`
+    forces it). bf16 kernels round differently on AMX and AVX512-BF16 machines, so a result meant
+    to match another CPU's (or a tiny-model test threshold) is run in fp32."""
+    forced = os.environ.get("XTL_CPU_BF16", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    return cpu_has_fast_bf16()
+
+
 def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
     """The autocast dtype of a training/eval forward, or None for plain fp32."""
     if precision == "fp32":
@@ -55,7 +66,9 @@ def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | 
     if precision == "bf16":
         return torch.bfloat16
     if precision == "auto":
-        return torch.bfloat16 if bf16_is_fast(device) else None
+        dev = torch.device(device)
+        on = cpu_auto_bf16() if dev.type == "cpu" else bf16_is_fast(dev)
+        return torch.bfloat16 if on else None
     from .errors import XtlError, did_you_mean
 
     raise XtlError(f"unknown precision {precision!r}", where="precision", fix=did_you_mean(precision, PRECISIONS))

@@ -29,7 +29,7 @@ from .formats.base import length_bucketed_batches, padding_waste, to_device
 from .io import LockHeld, exclusive_lock
 from .store.manifest import config_hash
 from .progress import emit
-from .speed import attention_backend, autocast, dropout_overrides, to_fp32
+from .speed import attention_backend, autocast, autocast_dtype, dropout_overrides, to_fp32
 
 
 # what each setting must be, said the way a fix reads ("set lr to ...")
@@ -169,6 +169,7 @@ class TrainResult:
     resumed_from: int = 0
     tokens: int = 0  # real (unpadded) tokens in the batches of the steps this call ran
     step_seconds: float = 0.0  # wall time of the optimizer steps alone (no dev evaluation, no checkpoints)
+    computed_in: str = "fp32"  # what `precision` resolved to on this device ("auto" differs by machine)
 
 
 def set_seed(seed: int) -> None:
@@ -376,6 +377,7 @@ def _train(model, trainable, train_features, dev_features, dev_examples, cfg, *,
     model.eval()
     elapsed = time.perf_counter() - t0
     return TrainResult(
+        computed_in="bf16" if autocast_dtype(cfg.precision, device) is not None else "fp32",
         steps=cfg.steps,
         best_step=best_step if best_state is not None else cfg.steps,
         best_score=best_score,

@@ -261,6 +261,33 @@ def test_continue_starts_the_target_as_an_exact_copy_of_the_intermediate(tiny_ba
     m.remove(bb, "tgt")
 
 
+@pytest.mark.parametrize("method,kind", [("lora", "continue"), ("lora", "stack"), ("bottleneck", "continue"),
+                                         ("ia3", "stack")])
+def test_a_cell_trains_the_same_whether_its_intermediate_was_loaded_before_or_not(
+        tiny_backbone_dir, tmp_path, registry, method, kind):
+    """A grid keeps a loaded intermediate for the next cell, so a cell runs either on a backbone
+    that loads it now or on one that already holds it (an earlier cell, another process's
+    history). Loading must not draw from the seeded random stream, or the head is initialised
+    differently and the same cell gives other weights (found as `continue` cells that differed
+    between a Ray worker and a local run)."""
+    from adapters_xtl.session import load_module_into
+
+    task = write_toy_task(tmp_path / "toy")
+    bb = load_backbone(str(tiny_backbone_dir))
+    train_module(bb, str(task), name="inter-a", method=method, registry=registry, train_config=FAST)
+    fresh = load_backbone(str(tiny_backbone_dir))
+    cold = train_module(fresh, str(task), name="t-cold", method=method, registry=registry, train_config=FAST,
+                        composition={"kind": kind, "modules": ["inter-a"]})
+    warm_bb = load_backbone(str(tiny_backbone_dir))
+    load_module_into(warm_bb, registry, "inter-a")  # what an earlier cell of the grid left loaded
+    warm = train_module(warm_bb, str(task), name="t-warm", method=method, registry=registry, train_config=FAST,
+                        composition={"kind": kind, "modules": ["inter-a"]})
+    a, b = registry.load("t-cold")[1], registry.load("t-warm")[1]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), \
+        [k for k in a if not torch.equal(a[k], b[k])][:5]
+    assert cold.scores == warm.scores
+
+
 def test_multitask_mixing_is_proportional_capped_or_uniform():
     from adapters_xtl.multitask import mixing_weights
 

@@ -63,9 +63,15 @@ def test_precision_and_dropout_are_checked_training_settings():
 def test_auto_precision_follows_the_hardware(monkeypatch):
     assert speed.autocast_dtype("fp32", "cpu") is None
     assert speed.autocast_dtype("bf16", "cpu") is torch.bfloat16
+    monkeypatch.delenv("XTL_CPU_BF16", raising=False)
     monkeypatch.setattr(speed, "cpu_has_fast_bf16", lambda: False)
     assert speed.autocast_dtype("auto", "cpu") is None
     monkeypatch.setattr(speed, "cpu_has_fast_bf16", lambda: True)
+    assert speed.autocast_dtype("auto", "cpu") is torch.bfloat16
+    monkeypatch.setenv("XTL_CPU_BF16", "0")  # results meant to match another CPU's stay fp32
+    assert speed.autocast_dtype("auto", "cpu") is None
+    monkeypatch.setattr(speed, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setenv("XTL_CPU_BF16", "1")
     assert speed.autocast_dtype("auto", "cpu") is torch.bfloat16
     with pytest.raises(XtlError):
         speed.autocast_dtype("fp8", "cpu")
@@ -203,6 +209,10 @@ def test_xtl_train_with_compressed_embeddings_and_bf16(tiny64, tmp_path, monkeyp
     text = out.getvalue()
     assert "embeddings trimmed+4bit" in text and "registered m v1" in text
     assert "note:" not in text  # 4-bit with compressed embeddings: nothing to warn about
+    from adapters_xtl.store.registry import Registry
+
+    training = Registry(tmp_path / "reg").manifest("m").training
+    assert training["config"]["precision"] == "bf16" and training["computed_in"] == "bf16"
     out = io.StringIO()
     with redirect_stdout(out), redirect_stderr(out):
         rc = main(argv[:argv.index("--embeddings")] + ["--embeddings", "full"] + argv[argv.index("--embeddings") + 2:]

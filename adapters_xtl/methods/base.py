@@ -27,6 +27,15 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import XtlError
 
+
+def rng_untouched(backbone):
+    """Around work whose random draws are overwritten or irrelevant (a saved module's slot
+    initialised before its weights are loaded, adapters' one-time `init`): those draws go to a
+    forked stream, so the seeded stream a training cell sees does not depend on what was loaded
+    into the shared backbone before it."""
+    device = torch.device(getattr(backbone, "device", "cpu"))
+    return torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [])
+
 PLACEHOLDER = "__module__"
 
 

@@ -129,8 +129,11 @@ class BottleneckMethod(Method):
 
             from ..backbone import claim_library, fix_cpu_4bit
 
+            from .base import rng_untouched
+
             claim_library(backbone, "adapters")
-            adapters.init(backbone.model)
+            with rng_untouched(backbone):  # init draws; which module triggers it must not matter
+                adapters.init(backbone.model)
             # adapters logs "none are activated" on every inactive forward: expected here
             logging.getLogger("adapters").setLevel(logging.ERROR)
             hf_logging.get_logger("adapters").setLevel(logging.ERROR)
