@@ -3,8 +3,8 @@ a worker killed mid-cell costs a retry on another worker, not a row; a rerun is 
 cache; a cell that fails for a user error fails alone, with its message.
 
 One local Ray (2 CPUs, small object store, no dashboard) serves the whole module; the plans are
-tiny (a 2-layer random XLM-R, 6 steps a module), and every torch runs one thread, so that the
-local and the Ray runs do the same sums in the same order.
+tiny (a 2-layer random XLM-R, 6 steps a module; single, stack and continue cells), and every
+torch runs one thread, so that the local and the Ray runs do the same sums in the same order.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def _plan(root, backbone_dir, targets=None, intermediate=True):
     task = write_toy_task(root / "task", n_train=32)
     recipe = {"name": "ray", "backbone": str(backbone_dir), "method": "lora", "seeds": [1], "train": TRAIN,
               "targets": [{"task": str(t), "eval_limit": 8} for t in (targets or [task])],
-              "compositions": ["single", "stack"] if intermediate else ["single"]}
+              "compositions": ["single", "stack", "continue"] if intermediate else ["single"]}
     if intermediate:
         recipe["intermediate"] = [{"task": str(task), "name": "ia"}]
     (root / "grid.yaml").write_text(yaml.safe_dump(recipe))
