@@ -546,3 +546,42 @@ def test_a_multiple_choice_head_beside_is_applied_by_the_cards_snippet(hub, benc
     got = scope["choose"]("in the park", [f"{question} {c}" for c in choices])
     ours = xtl_predict(bench, "mc-lora", task, [{"context": "in the park", "question": question, "choices": choices}])
     assert got.tolist() == pytest.approx(ours[0]["probabilities"], abs=1e-5)
+
+
+def test_export_hub_writes_what_a_push_uploads_and_plain_peft_loads_it(hub, bench, tiny_backbone_dir, tmp_path,  # noqa: F811
+                                                                       capsys):
+    """`xtl registry export NAME DIR --format hub`: the repo a push would make, as a folder (to
+    inspect, or upload by other means); the same file names as the pushed repo, the card naming
+    --repo-id, and a root that `PeftModel.from_pretrained(base, DIR)` loads to our predictions."""
+    from peft import PeftModel
+    from transformers import XLMRobertaForSequenceClassification
+
+    from adapters_xtl.cli import main
+    from adapters_xtl.store.exports import MARKER
+
+    reg, _, tasks = bench
+    out = tmp_path / "hub-folder"
+    assert main(["registry", "export", "cls-lora", str(out), "--format", "hub", "--repo-id", "xtl-lab/cls-copy",
+                 "--registry", str(reg.root)]) == 0
+    push(reg, "cls-lora", repo_id="xtl-lab/cls-pushed")
+    assert {p.name for p in out.iterdir()} - {MARKER} == set(hub.files("xtl-lab/cls-pushed")) - {".gitattributes"}
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "xtl-lab/cls-copy" in card and "library_name: peft" in card
+
+    labels = ["positive", "negative"]
+    base = XLMRobertaForSequenceClassification.from_pretrained(
+        str(tiny_backbone_dir), num_labels=2, id2label=dict(enumerate(labels)), label2id={x: i for i, x in enumerate(labels)})
+    model = PeftModel.from_pretrained(base, str(out)).eval()
+    batch = tokenizer(tiny_backbone_dir)(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        probs = model(**batch).logits.softmax(-1)
+    for p, o in zip(probs, xtl_predict(bench, "cls-lora", tasks["cls"], TEXTS)):
+        assert p.tolist() == pytest.approx([o["probabilities"][x] for x in labels], abs=1e-5)
+
+    capsys.readouterr()
+    assert main(["registry", "export", "cls-lora", str(tmp_path / "x"), "--format", "hub", "--base-model", "b",
+                 "--registry", str(reg.root)]) == 2
+    assert "--base-model" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert main(["registry", "export", "cls-lora", str(tmp_path / "y"), "--format", "hubb",
+                 "--registry", str(reg.root)]) == 2
+    assert "hub" in capsys.readouterr().err and not (tmp_path / "y").exists()

@@ -198,18 +198,21 @@ def registry_import(
 def registry_export(
     name: str = typer.Argument(...),
     out_dir: Path = typer.Argument(..., help="folder to write (new or empty, or an earlier export with --overwrite)"),
-    fmt: str = typer.Option(..., "--format", help="peft (LoRA modules) | adapters (bottleneck modules)"),
+    fmt: str = typer.Option(..., "--format", help="peft (LoRA modules) | adapters (bottleneck modules) | hub "
+                            "(the folder `registry push` uploads: peft/adapters root, card, manifest)"),
     version: Optional[str] = typer.Option(None),
     base_model: Optional[str] = typer.Option(None, help="base model id to record (default: the backbone's)"),
     adapter_name: Optional[str] = typer.Option(None, help="adapters: the adapter's name (default: from NAME)"),
+    repo_id: Optional[str] = typer.Option(None, "--repo-id", help="hub: the repo ORG/NAME the card names"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace OUT_DIR when an earlier `xtl registry "
                                    "export` wrote it (it holds .xtl-export.json); any other folder is refused"),
     registry: Optional[Path] = typer.Option(None),
 ):
-    """Write a module as a folder peft (`PeftModel.from_pretrained`) or adapters (`load_adapter`) loads."""
+    """Write a module as a folder peft (`PeftModel.from_pretrained`) or adapters (`load_adapter`)
+    loads, or (`--format hub`) as the Hub repo `registry push` would make of it."""
     from ..store.exports import MARKER, export
 
     out = export(_registry(registry), name, out_dir, fmt=fmt, version=version, base_model=base_model,
-                 adapter_name=adapter_name, overwrite=overwrite)
+                 adapter_name=adapter_name, overwrite=overwrite, repo_id=repo_id)
     files = sorted(p.name for p in out.iterdir() if p.name != MARKER)
     console.print(f"exported {name} to {out} ({', '.join(files)})")

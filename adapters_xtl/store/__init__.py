@@ -4,8 +4,10 @@ Imports point one way (each module imports only those below it)::
 
     sharing                      push / pull / import from the Hub: composes everything below
     verify                       `xtl registry verify [--fix]` (modules, index, links, leftovers)
-    exports, native, cardfacts   `xtl registry export`: marked folders, records of running exports;
-                                 a pushed repo's peft / adapters root; what its card says of data
+    exports                      `xtl registry export`: marked folders, records of running exports
+    repo                         the folder a module becomes on the Hub (push stages it, export
+                                 --format hub writes it)
+    native, cardfacts            a pushed repo's peft / adapters root; what its card says of data
     convert                      registry module <-> peft / adapters folder
     registry                     read / write / lock; stubs completed through a `remote.Remote`
     index, weights, interop      index.json cache; safetensors (and the pickle refusal); the formats

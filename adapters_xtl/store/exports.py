@@ -87,13 +87,30 @@ def export(
     base_model: str | None = None,
     adapter_name: str | None = None,
     overwrite: bool = False,
+    repo_id: str | None = None,
 ) -> Path:
     """Export module `name` (default: latest version) to `out_dir` for peft or adapters; return the folder.
+
+    `fmt="hub"` writes the folder `xtl registry push` would upload (peft / adapters files at the
+    root, the card, our manifest and module beside; `repo_id` is the repo the card names), so a
+    module can be inspected or uploaded by other means.
 
     `overwrite` replaces a non-empty `out_dir` only when an earlier export wrote it (see the module
     docstring); the old folder is kept until the new one is complete.
     """
     out = Path(out_dir).expanduser().absolute()
+    from .interop import FORMATS
+
+    if fmt not in (*FORMATS, "hub"):
+        raise XtlError(f"unknown export format {fmt!r}", where="--format",
+                       fix="use peft (LoRA, IA3), adapters (bottleneck) or hub (the folder a push uploads)")
+    if fmt == "hub" and (base_model or adapter_name):
+        raise XtlError("--base-model and --adapter-name are for --format peft/adapters", where="--format hub",
+                       fix="leave them out: the hub folder names the module's own backbone and adapter")
+    if fmt == "hub" and repo_id:
+        from .hub import check_repo_id
+
+        repo_id = check_repo_id(repo_id)
     _check_target(out, overwrite)
     m = registry.manifest(name, version)  # an unknown module fails before anything is written
     token = uuid.uuid4().hex
@@ -106,8 +123,11 @@ def export(
         out.parent.mkdir(parents=True, exist_ok=True)
         stage.mkdir()
         write_owner(stage)
-        done = export_module(registry, m.name, stage / "export", fmt=fmt, version=m.version, base_model=base_model,
-                             adapter_name=adapter_name)
+        if fmt == "hub":
+            done = _write_hub_folder(registry, m.name, m.version, stage / "export", repo_id=repo_id)
+        else:
+            done = export_module(registry, m.name, stage / "export", fmt=fmt, version=m.version,
+                                 base_model=base_model, adapter_name=adapter_name)
         atomic_write_json(done / MARKER, {
             "written_by": "adapters_xtl", "module": m.name, "version": m.version, "format": fmt,
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -128,6 +148,15 @@ def export(
         shutil.rmtree(stage, ignore_errors=True)
         journal.unlink(missing_ok=True)
     return out
+
+
+def _write_hub_folder(registry: Registry, name: str, version: str, folder: Path, *, repo_id: str | None) -> Path:
+    from .repo import write_repo
+
+    m, tensors = registry.load(name, version)  # verifies every file
+    folder.mkdir()
+    write_repo(registry, m, tensors, folder, repo_id=repo_id)
+    return folder
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ it exactly as the registry stores it::
     weights.safetensors  module and head weights (our naming)
     README.md            the model card (store.card), rendered for this repo
 
-`push` verifies the module, stages that folder and uploads it as one commit, then records the
+`push` verifies the module, stages that folder (`store.repo.write_repo`) and uploads it as one commit, then records the
 commit in the local manifest (`hub: {repo_id, revision}`). `pull` resolves a branch/tag/commit
 to its commit sha once and downloads from that commit only, so the pulled module is pinned;
 every file is checked against the sha256 in the pulled manifest. `pull --lazy` registers a stub
@@ -32,12 +32,12 @@ from ..errors import XtlError
 from . import hub
 from . import interop
 from .card import GENERATED_MARKER, base_model, render_card
-from .cardfacts import card_facts
 from .convert import import_folder
 from .layout import README, WEIGHTS, check_file_name, check_name, check_version, sha256_file
 from .manifest import MANIFEST, Manifest, read_manifest
-from .native import COMPOSED_KINDS, plan, write_root
+from .native import COMPOSED_KINDS, plan
 from .registry import Registry
+from .repo import write_repo
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,6 @@ def push(
     defaults to `<your user>/<name>`; `private` applies when the repo is created.
     """
     m, tensors = registry.load(name, version)  # verifies every file (and fetches a stub's)
-    vdir = registry.path(m.name, m.version)
     if repo_id is None:
         repo_id = f"{hub.user_name(token=token, endpoint=endpoint)}/{m.name}"
     repo_id = hub.check_repo_id(repo_id)
@@ -80,28 +79,9 @@ def push(
     if native.parts and parts:
         _push_parts(registry, native.parts, owner=repo_id.split("/")[0], private=private, token=token,
                     endpoint=endpoint, exports=exports)
-    facts = card_facts(registry, m, native.to_dict())
     stage = Path(tempfile.mkdtemp(prefix="xtl-push-"))
     try:
-        up = m.model_copy(deep=True, update={"hub": {"repo_id": repo_id}})
-        up.__pydantic_extra__["card"] = facts  # what the Hub card says (datasets, licence, how to load)
-        files = dict(up.files)
-        for fn, digest in m.files.items():
-            if fn == README:
-                continue
-            shutil.copyfile(vdir / fn, stage / fn)
-            if sha256_file(stage / fn) != digest:
-                raise XtlError(f"{fn} changed while it was being pushed", where=str(vdir / fn),
-                               fix="run `xtl registry verify`, then push again")
-        card = (vdir / README).read_text(encoding="utf-8") if (vdir / README).is_file() else ""
-        if not card or GENERATED_MARKER in card:
-            card = render_card(up)  # the card the Hub shows names this repo
-        (stage / README).write_bytes(card.encode("utf-8"))
-        files[README] = sha256_file(stage / README)
-        up = up.model_copy(update={"files": files})
-        (stage / MANIFEST).write_text(up.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        if exports:
-            write_root(m, tensors, stage, base_model=base)
+        write_repo(registry, m, tensors, stage, repo_id=repo_id, exports=exports, native=native)
         sha = hub.upload_folder(
             repo_id, stage, private=private, token=token, endpoint=endpoint,
             commit_message=commit_message or f"adapters_xtl: {m.name} version {m.version} ({m.task}, {m.method})",
