@@ -1,7 +1,8 @@
 """Progress as events: the library says what happens, the caller decides how to show it.
 
 Training loops and the grid runner call a `progress` callback with a `ProgressEvent` (a job
-started, advanced, finished). The CLI passes a `RichReporter` on a terminal (live bars) and a
+started, advanced, finished; or, from the Ray executor, "record": a logged point of a job that
+ran on a worker, delivered when it finished, for trackers). The CLI passes a `RichReporter` on a terminal (live bars) and a
 `LogReporter` when output goes to a file, so a `nohup` log gets plain timestamped lines (step,
 loss, ETA) every few seconds instead of escape codes; a notebook can pass any callable, or none.
 """
@@ -16,7 +17,7 @@ from typing import Any, Callable, Optional, TextIO
 
 @dataclass
 class ProgressEvent:
-    kind: str  # "start" | "advance" | "end"
+    kind: str  # "start" | "advance" | "end" | "record" (a point of a job that ran elsewhere: a Ray worker's curve)
     job: str  # a description that names the job ("sst2-lora", "grid mini-xstilts")
     completed: int = 0
     total: Optional[int] = None
@@ -52,6 +53,8 @@ class RichReporter:
         return self._progress.__exit__(*exc)
 
     def __call__(self, ev: ProgressEvent) -> None:
+        if ev.kind == "record":  # history for trackers; the bars show what runs here
+            return
         info = _info(ev.fields)
         if ev.kind == "start" or ev.job not in self._ids:
             self._ids[ev.job] = self._progress.add_task(ev.job, total=ev.total, completed=ev.completed, info=info)
@@ -88,6 +91,8 @@ class LogReporter:
         print(f"{stamp} {text}", file=self.stream, flush=True)
 
     def __call__(self, ev: ProgressEvent) -> None:
+        if ev.kind == "record":
+            return
         now = self.clock()
         of = f"/{ev.total}" if ev.total is not None else ""
         info = _info(ev.fields)

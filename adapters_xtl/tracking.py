@@ -90,7 +90,7 @@ class Tracker:
     # -- what the library calls ---------------------------------------------------------------
 
     def __call__(self, ev: ProgressEvent) -> None:
-        if ev.kind != "advance" or ev.job.startswith("grid "):
+        if ev.kind not in ("advance", "record") or ev.job.startswith("grid "):
             return
         metrics = {}
         for key, value in ev.fields.items():

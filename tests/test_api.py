@@ -126,8 +126,10 @@ def test_log_reporter_prints_timestamped_lines_at_most_every_n_seconds():
     for step in range(1, 51):
         now[0] = step * 1.0
         rep(ProgressEvent("advance", "job", step, 100, {"loss": 0.5}))
+    rep(ProgressEvent("record", "other-job", 60, 100, {"loss": 0.1}))  # a Ray worker's point: for trackers only
     rep(ProgressEvent("end", "job", 100, 100))
     lines = out.getvalue().splitlines()
+    assert "other-job" not in out.getvalue()
     assert lines[0].endswith("job: start 0/100") and lines[-1].split(" ", 2)[2].startswith("job: done 100/100")
     middle = lines[1:-1]
     assert len(middle) == 5 and all("loss 0.5000" in l and "eta" in l for l in middle)

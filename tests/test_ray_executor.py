@@ -68,12 +68,14 @@ def reference(tmp_path_factory, tiny_backbone_dir, one_thread):
     from rich.console import Console
 
     from adapters_xtl.backbone import load_backbone
-    from adapters_xtl.runner import run_plan
+
+    import adapters_xtl as xtl
 
     root = tmp_path_factory.mktemp("ray-plan")
     plan = _plan(root, tiny_backbone_dir)
-    run_plan(plan, root / "local", registry=Registry(root / "reg-local"), backbone=load_backbone(str(tiny_backbone_dir)),
-             console=Console(file=open(os.devnull, "w")), progress=lambda ev: None)
+    with xtl.Tracker("tensorboard", root / "tb-local") as tb:  # curves the Ray run's tracker must equal
+        xtl.run(plan, root / "local", registry=Registry(root / "reg-local"), backbone=load_backbone(str(tiny_backbone_dir)),
+                console=Console(file=open(os.devnull, "w")), progress=lambda ev: None, tracker=tb)
     return plan, root
 
 
@@ -102,11 +104,25 @@ def test_ray_gives_the_local_rows_and_weights_and_a_rerun_is_cached(local_ray, r
 
     plan, root = reference
     ex = xtl.RayExecutor(workers=2, cpus_per_worker=1, console=_quiet())
-    results = xtl.run(plan, root / "ray", registry=Registry(root / "reg-ray"), executor=ex, progress=lambda ev: None)
+    seen = []
+    with xtl.Tracker("tensorboard", root / "tb-ray") as tb:
+        results = xtl.run(plan, root / "ray", registry=Registry(root / "reg-ray"), executor=ex,
+                          progress=lambda ev: seen.append(ev.kind), tracker=tb)
     assert ex.stats["workers_started"] == 2 and ex.stats["worker_deaths"] == 0 and not ex.stats["failed"]
     assert _rows(root / "ray") == _rows(root / "local")  # rows carry no timings: equal as they are
     assert len(_rows(root / "ray")) == len(plan.cells) * 4  # en/de x accuracy/macro_f1, each once
     assert _same_weights(_weights(root / "reg-ray"), _weights(root / "reg-local"))
+    # the workers' training curves reach the driver's tracker (as "record" events): the same
+    # runs, points and values as the local run's tracker wrote
+    from test_tracking import _scalars
+
+    local_runs = sorted(p.name for p in (root / "tb-local").iterdir())
+    assert sorted(p.name for p in (root / "tb-ray").iterdir()) == local_runs and len(local_runs) == 4
+    for run in local_runs:
+        ray_curves = _scalars(root / "tb-ray" / run)
+        assert ray_curves == _scalars(root / "tb-local" / run), run
+        assert [s for s, _ in ray_curves["train/loss"]] == [2, 4, 6] and "dev/accuracy" in ray_curves, run
+    assert "record" in seen
     # every module one version: the intermediate was trained once, before the cell on top of it
     assert all(Registry(root / "reg-ray").versions(n) == ["1"] for n in Registry(root / "reg-ray").names())
 

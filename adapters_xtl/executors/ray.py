@@ -97,19 +97,37 @@ class CellWorker:
                 "device": str(self.backbone.device) if self.backbone else None}
 
     def module(self, name: str) -> dict:
-        return self._do(lambda: {"line": runner.ensure_module(self.work, self.jobs[name], self.backbone)})
+        return self._do(lambda rec: {"line": runner.ensure_module(self.work, self.jobs[name], self.backbone, rec)})
 
     def cell(self, key: str) -> dict:
-        return self._do(lambda: {"outcome": runner.run_cell(self.work, self.cells[key], self.backbone)})
+        return self._do(lambda rec: {"outcome": runner.run_cell(self.work, self.cells[key], self.backbone, rec)})
 
     def _do(self, fn) -> dict:
+        rec = _Recorder()
         try:
             with self.catalog.active():
-                return fn()
+                return {**fn(rec), "records": rec.records}
         except XtlError as e:
             return {"error": str(e)}
         except Exception as e:  # noqa: BLE001 - a bug in one cell must not stop the others
             return {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+
+
+class _Recorder:
+    """The worker's progress callback: keeps each training job's logged points (loss, lr, dev
+    metrics) so that the driver can hand them to its tracker as "record" events."""
+
+    def __init__(self):
+        self.records: list[tuple[str, int, int | None, dict]] = []
+
+    def __call__(self, ev) -> None:
+        if ev.kind != "advance" or ev.job.startswith("grid "):
+            return
+        fields = {k: v for k, v in ev.fields.items()
+                  if isinstance(v, (int, float)) and not isinstance(v, bool) and (k in ("loss", "lr") or
+                                                                                  k.startswith("dev_"))}
+        if fields:
+            self.records.append((ev.job, ev.completed, ev.total, fields))
 
 
 @dataclass
@@ -360,6 +378,8 @@ class RayExecutor:
             w.finished += 1
             idle.append(wid)
             report(w)
+            for job, completed, of, fields in res.get("records", ()):  # the worker's curves, for trackers
+                emit(progress, "record", job, completed, of, **fields)
             if "error" in res:
                 if res.get("traceback"):
                     console.print(res["traceback"], markup=False, highlight=False)
