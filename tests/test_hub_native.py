@@ -310,6 +310,17 @@ def test_card_metadata_is_what_huggingface_hub_reads(registry):
     assert "XLMRobertaForSequenceClassification.from_pretrained(" in card.text and "num_labels=len(labels)" in card.text
 
 
+def test_a_module_on_xtreme_data_claims_no_licence(registry):
+    """google/xtreme carries one licence per subset (the Hub lists apache-2.0, cc-by-4.0,
+    cc-by-2.0 and more), so a card claims none for it instead of the wrong one."""
+    from adapters_xtl.store.cardfacts import card_facts
+
+    m = _xnli_manifest(task="udpos", data_revisions={"google/xtreme": "a" * 40})
+    facts = card_facts(registry, m, {})
+    assert "google/xtreme" in facts["datasets"] and facts["licenses"]["google/xtreme"] is None
+    assert "license" not in facts
+
+
 def test_a_stacked_module_card_names_its_parts_in_order(registry, tiny_backbone_dir):
     import torch as _t
 

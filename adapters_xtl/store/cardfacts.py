@@ -36,7 +36,8 @@ LICENSES = {
     "facebook/xnli": "cc-by-nc-4.0",
     "google-research-datasets/paws-x": "other",
     "google/xquad": "cc-by-sa-4.0",
-    "google/xtreme": "apache-2.0",
+    # google/xtreme is left out: the Hub lists one licence per subset (apache-2.0, cc-by-4.0,
+    # cc-by-2.0 and three more), so a card claims none for it rather than the wrong one
     "nyu-mll/glue": "other",
     "rajpurkar/squad": "cc-by-sa-4.0",
     "stanfordnlp/snli": "cc-by-sa-4.0",
