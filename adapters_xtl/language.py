@@ -37,7 +37,7 @@ from .model import Encoder
 from .session import ModuleSession
 from .store.manifest import Manifest
 from .store.registry import Registry
-from .trainer import TrainConfig, TrainResult, train
+from .trainer import TrainConfig, TrainResult, train, training_record
 
 LANGUAGE_METHODS = ("bottleneck", "lora")
 DEFAULT_METHOD_CONFIG = {"bottleneck": {"variant": "seq_bn_inv", "reduction_factor": 2}, "lora": {}}
@@ -359,8 +359,7 @@ def train_language(backbone: Backbone, language: str, text: "list[str | Path] | 
             name=name, task=task_of(lang), format="mlm", head={**head_info, "max_length": max_length},
             trainable=trainable, steps=cfg.steps, seed=cfg.seed, train_examples=len(train_feats),
             languages_trained=[lang],
-            training={"config": cfg.model_dump(), "computed_in": result.computed_in, "best_step": result.best_step, "best_dev": result.best_score,
-                      "seconds": round(result.seconds, 2), "padding_waste": round(result.padding_waste, 4)},
+            training=training_record(cfg, result, padding_waste=round(result.padding_waste, 4)),
             language_module={"language": lang, "text": corpus.record, "dev_lines": len(dev),
                              "dev_before": before, "dev_after": after,
                              "objective": "masked LM (transformers DataCollatorForLanguageModeling, 15%)"},

@@ -24,7 +24,7 @@ from .model import TaskModel
 from .session import ModuleSession
 from .store.registry import Registry
 from .tasks import TaskSpec, get_task
-from .trainer import TrainConfig, train
+from .trainer import TrainConfig, train, training_record
 
 
 def mixing_weights(sizes: list[int], sampling: str, cap: int | None) -> list[float]:
@@ -194,8 +194,7 @@ def train_multitask_module(
             trainable=trainable, recipe_hash=recipe_hash, steps=cfg.steps, seed=cfg.seed, train_examples=len(feats),
             scores=scores,
             multitask={"tasks": tasks, "sampling": sampling, "cap": cap, "weights": [round(w, 4) for w in weights]},
-            training={"config": cfg.model_dump(), "computed_in": result.computed_in, "best_step": result.best_step, "best_dev": result.best_score,
-                      "seconds": round(result.seconds, 2)},
+            training=training_record(cfg, result),
             **(extra_manifest or {}),
         )
         manifest = session.save(registry, manifest, trainable)

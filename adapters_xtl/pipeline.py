@@ -23,7 +23,7 @@ from .model import TaskModel
 from .session import ModuleSession, compose_into, load_module_into, parse_ref, swap_clock  # noqa: F401
 from .store.registry import Registry
 from .tasks import TaskSpec, get_task, training_task
-from .trainer import TrainConfig, TrainResult, train
+from .trainer import TrainConfig, TrainResult, train, training_record
 
 
 @dataclass
@@ -126,8 +126,7 @@ def train_module(
             name=name, task=spec.name, format=spec.format, head=fmt.head_config(spec), trainable=trainable,
             recipe_hash=recipe_hash, steps=cfg.steps, seed=cfg.seed, train_examples=result.train_examples,
             **_score_fields(scores, eval_limit), data_revisions=resolved_revisions(),
-            training={"config": cfg.model_dump(), "computed_in": result.computed_in, "best_step": result.best_step, "best_dev": result.best_score,
-                      "seconds": round(result.seconds, 2), "padding_waste": round(result.padding_waste, 4)},
+            training=training_record(cfg, result, padding_waste=round(result.padding_waste, 4)),
             **(extra_manifest or {}),
         )
         manifest = session.save(registry, manifest, trainable)

@@ -2,8 +2,8 @@
 
 Training loops and the grid runner call a `progress` callback with a `ProgressEvent` (a job
 started, advanced, finished; or, from the Ray executor, "record": a logged point of a job that
-ran on a worker, delivered when it finished, for trackers). The CLI passes a `RichReporter` on a terminal (live bars) and a
-`LogReporter` when output goes to a file, so a `nohup` log gets plain timestamped lines (step,
+ran on a worker, delivered when it finished, for trackers). The CLI passes a `RichReporter` on
+a terminal (live bars) and a `LogReporter` when output goes to a file, so a `nohup` log gets plain timestamped lines (step,
 loss, ETA) every few seconds instead of escape codes; a notebook can pass any callable, or none.
 """
 
@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, TextIO
 
 @dataclass
 class ProgressEvent:
-    kind: str  # "start" | "advance" | "end" | "record" (a point of a job that ran elsewhere: a Ray worker's curve)
+    kind: str  # "start" | "advance" | "end" | "record" (a logged point of a job that ran on a Ray worker)
     job: str  # a description that names the job ("sst2-lora", "grid mini-xstilts")
     completed: int = 0
     total: Optional[int] = None

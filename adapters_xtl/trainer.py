@@ -172,6 +172,12 @@ class TrainResult:
     computed_in: str = "fp32"  # what `precision` resolved to on this device ("auto" differs by machine)
 
 
+def training_record(cfg: "TrainConfig", result: TrainResult, **extra) -> dict:
+    """The manifest's `training` entry: the settings, what `precision` computed in, the best step."""
+    return {"config": cfg.model_dump(), "computed_in": result.computed_in, "best_step": result.best_step,
+            "best_dev": result.best_score, "seconds": round(result.seconds, 2), **extra}
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))

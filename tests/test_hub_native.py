@@ -596,3 +596,6 @@ def test_export_hub_writes_what_a_push_uploads_and_plain_peft_loads_it(hub, benc
     assert main(["registry", "export", "cls-lora", str(tmp_path / "y"), "--format", "hubb",
                  "--registry", str(reg.root)]) == 2
     assert "hub" in capsys.readouterr().err and not (tmp_path / "y").exists()
+    assert main(["registry", "export", "cls-lora", str(tmp_path / "z"), "--format", "peft", "--repo-id", "a/b",
+                 "--registry", str(reg.root)]) == 2
+    assert "--repo-id" in capsys.readouterr().err and not (tmp_path / "z").exists()

@@ -36,6 +36,7 @@ def rng_untouched(backbone):
     device = torch.device(getattr(backbone, "device", "cpu"))
     return torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [])
 
+
 PLACEHOLDER = "__module__"
 
 

@@ -25,7 +25,7 @@ from typing import Literal
 
 from ..errors import XtlError
 from . import register_method
-from .base import Arrangement, Method, MethodConfig
+from .base import Arrangement, Method, MethodConfig, rng_untouched
 
 
 class BottleneckSettings(MethodConfig):
@@ -128,8 +128,6 @@ class BottleneckMethod(Method):
             from transformers.utils import logging as hf_logging
 
             from ..backbone import claim_library, fix_cpu_4bit
-
-            from .base import rng_untouched
 
             claim_library(backbone, "adapters")
             with rng_untouched(backbone):  # init draws; which module triggers it must not matter

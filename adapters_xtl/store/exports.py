@@ -32,6 +32,8 @@ from typing import Any
 from ..errors import XtlError
 from ..io import TMP_PREFIX, atomic_write_json, fsync_dir
 from .convert import export_module
+from .hub import check_repo_id
+from .interop import FORMATS
 from .layout import write_owner
 from .registry import Registry
 
@@ -99,17 +101,16 @@ def export(
     docstring); the old folder is kept until the new one is complete.
     """
     out = Path(out_dir).expanduser().absolute()
-    from .interop import FORMATS
-
     if fmt not in (*FORMATS, "hub"):
         raise XtlError(f"unknown export format {fmt!r}", where="--format",
                        fix="use peft (LoRA, IA3), adapters (bottleneck) or hub (the folder a push uploads)")
     if fmt == "hub" and (base_model or adapter_name):
         raise XtlError("--base-model and --adapter-name are for --format peft/adapters", where="--format hub",
                        fix="leave them out: the hub folder names the module's own backbone and adapter")
-    if fmt == "hub" and repo_id:
-        from .hub import check_repo_id
-
+    if repo_id and fmt != "hub":
+        raise XtlError("--repo-id names the repo of a --format hub folder", where="--repo-id",
+                       fix="add --format hub, or leave --repo-id out")
+    if repo_id:
         repo_id = check_repo_id(repo_id)
     _check_target(out, overwrite)
     m = registry.manifest(name, version)  # an unknown module fails before anything is written
